@@ -1,0 +1,157 @@
+"""Every number COVER's behaviour depends on, in one place.
+
+Values follow upstream's ``cover.yml`` and inference scripts (see COVER_SPEC.md). The runtime, the
+export side, the CUDA kernels' host code and the manifest all read them from here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
+
+#: Branch names, in the order upstream sums them.
+BRANCHES: tuple[str, ...] = ("semantic", "technical", "aesthetic")
+
+#: ImageNet statistics on 0..255 RGB (technical and aesthetic views).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+#: CLIP statistics on 0..255 RGB (semantic view), as upstream rounds them.
+CLIP_MEAN = (122.77, 116.75, 104.09)
+CLIP_STD = (68.50, 66.63, 70.32)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How one branch's view is sampled from a video (one entry of upstream's ``sample_types``).
+
+    ``kind`` is ``"resize"`` (whole frame resized to ``size_h`` x ``size_w``) or ``"fragments"``
+    (a ``fragments_h`` x ``fragments_w`` grid of ``fsize_h`` x ``fsize_w`` raw-resolution crops).
+    """
+
+    name: str
+    kind: str
+    clip_len: int
+    t_frag: int
+    frame_interval: int
+    num_clips: int = 1
+    size_h: int = 0
+    size_w: int = 0
+    fragments_h: int = 0
+    fragments_w: int = 0
+    fsize_h: int = 0
+    fsize_w: int = 0
+    aligned: int = 0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def fsize_t(self) -> int:
+        """Frames per temporal segment (upstream ``clip_len // t_frag``)."""
+        return self.clip_len // self.t_frag
+
+    @property
+    def out_h(self) -> int:
+        return self.fragments_h * self.fsize_h if self.kind == "fragments" else self.size_h
+
+    @property
+    def out_w(self) -> int:
+        return self.fragments_w * self.fsize_w if self.kind == "fragments" else self.size_w
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_sample_type(cls, name: str, opts: dict) -> "ViewSpec":
+        """Build from one entry of upstream's ``sample_types`` mapping (``sample_types.json``)."""
+        kind = "fragments" if "fragments_h" in opts else "resize"
+        mean, std = (CLIP_MEAN, CLIP_STD) if name == "semantic" else (IMAGENET_MEAN, IMAGENET_STD)
+        keys = {f for f in cls.__dataclass_fields__} - {"name", "kind", "mean", "std"}
+        return cls(name=name, kind=kind, mean=mean, std=std,
+                   **{k: int(v) for k, v in opts.items() if k in keys})
+
+
+#: The official sample settings (identical for every dataset in upstream's ``cover.yml``).
+SAMPLE_TYPES: dict[str, dict] = {
+    "semantic": dict(size_h=512, size_w=512, clip_len=20, frame_interval=2, t_frag=20, num_clips=1),
+    "technical": dict(fragments_h=7, fragments_w=7, fsize_h=32, fsize_w=32, aligned=40,
+                      clip_len=40, t_frag=20, frame_interval=2, num_clips=1),
+    "aesthetic": dict(size_h=224, size_w=224, clip_len=40, frame_interval=2, t_frag=20, num_clips=1),
+}
+
+OFFICIAL_VIEWS: dict[str, ViewSpec] = {
+    name: ViewSpec.from_sample_type(name, opts) for name, opts in SAMPLE_TYPES.items()
+}
+
+#: Upstream's images path: a single frame is one T=1 view; technical and aesthetic backbones
+#: then see it duplicated (T=2).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts",
+                    ".flv", ".wmv", ".3gp", ".y4m")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A published weight file: where it lives, and how to recognise it."""
+
+    name: str
+    urls: tuple[str, ...]
+    sha256: str
+    size: Optional[int] = None
+    env: str = ""
+    description: str = ""
+
+
+COVER_WEIGHTS = WeightFile(
+    name="COVER.pth",
+    urls=(
+        "https://github.com/vztu/COVER/raw/release/Model/COVER.pth",
+        "https://media.githubusercontent.com/media/vztu/COVER/release/Model/COVER.pth",
+    ),
+    sha256="43a0fc777fe46e5e0513c50bf4b3dc5343fc82214e8f6e66b2bc068f0755875e",
+    size=262292246,
+    env="COVER_WEIGHTS",
+    description="COVER branches, gates and heads (no CLIP image tower)",
+)
+
+CLIP_WEIGHTS = WeightFile(
+    name="ViT-L-14.pt",
+    urls=(
+        "https://openaipublic.azureedge.net/clip/models/"
+        "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    ),
+    sha256="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+    size=None,
+    env="COVER_CLIP_WEIGHTS",
+    description="OpenAI CLIP ViT-L/14 (TorchScript archive, fp16)",
+)
+
+WEIGHT_FILES: tuple[WeightFile, ...] = (COVER_WEIGHTS, CLIP_WEIGHTS)
+
+#: Environment variable naming the weight cache folder.
+COVER_HOME_ENV = "COVER_HOME"
+
+
+def views_for_inputs(inputs: dict[str, tuple[int, ...]] | None) -> dict[str, ViewSpec]:
+    """View settings matching a model's input shapes ``{branch: (B, 3, T, H, W)}``.
+
+    The official shapes give exactly :data:`OFFICIAL_VIEWS`. Smaller test configs (the reference
+    vectors use a 112 px semantic view and 8-frame clips) keep the official sampling rules and
+    change only the sizes: ``T`` frames in segments of ``clip_len // t_frag`` frames, resized to
+    ``H x W``, or fragments of the official size tiled over ``H x W``.
+    """
+    if not inputs:
+        return dict(OFFICIAL_VIEWS)
+    out: dict[str, ViewSpec] = {}
+    for name, base in OFFICIAL_VIEWS.items():
+        if name not in inputs:
+            out[name] = base
+            continue
+        _, _, t, h, w = (int(v) for v in inputs[name])
+        fsize_t = base.fsize_t
+        changes: dict = dict(clip_len=t, t_frag=max(1, t // fsize_t))
+        if base.kind == "fragments":
+            changes.update(fragments_h=h // base.fsize_h, fragments_w=w // base.fsize_w,
+                           aligned=t if base.aligned == base.clip_len else base.aligned)
+        else:
+            changes.update(size_h=h, size_w=w)
+        out[name] = replace(base, **changes)
+    return out
