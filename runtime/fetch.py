@@ -1,0 +1,337 @@
+"""Download, verify and locate COVER's two weight files (``cover-fetch``).
+
+Where a weight file is looked for, first match wins:
+
+1. a path given explicitly (a CLI option or ``resolve_weights(wf, explicit=...)``);
+2. the environment variable named by ``WeightFile.env`` (``COVER_WEIGHTS``, ``COVER_CLIP_WEIGHTS``);
+3. the cache folder, ``cache_dir() / wf.name``.
+
+A location that was asked for but holds no file is an error; nothing falls through to the next.
+
+Verification: hashing the 890 MB CLIP archive on every start would cost seconds, so a file is
+hashed in full once, and a sidecar ``NAME.sha256`` (``sha256sum`` format) is written beside it.
+Later checks are cheap: the size (where published), plus the sidecar, which is trusted only if
+it names the expected digest and is not older than the file. A file without a trusted sidecar
+(put in place by hand, or replaced since) is hashed again; if its folder is read-only the sidecar
+cannot be written and that full hash repeats each time. ``cover-fetch --check`` always hashes.
+
+Downloads stream into ``NAME.part``, resume it with an HTTP Range request, hash while writing,
+and only a verified file is fsynced and renamed to ``NAME``: an interrupted or corrupted download
+never leaves a file under the final name, and an existing file is never deleted.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import click
+from tqdm import tqdm
+
+from .constants import CLIP_WEIGHTS, COVER_HOME_ENV, COVER_WEIGHTS, WeightFile
+from .errors import WeightsError
+
+#: The files ``cover-fetch`` manages, by the short names ``--only`` and ``--url`` accept.
+FILES: dict[str, WeightFile] = {"cover": COVER_WEIGHTS, "clip": CLIP_WEIGHTS}
+
+_CHUNK = 1 << 20
+#: Attempts per URL; a failed attempt is retried (resumed) only if it wrote new bytes.
+_ATTEMPTS_PER_URL = 5
+_USER_AGENT = "cover-engine-fetch"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class _TransferError(Exception):
+    """A response that cannot be used: truncated body, or a Range answer for the wrong bytes."""
+
+
+_RETRYABLE = (OSError, http.client.HTTPException, _TransferError, ValueError)  # ValueError: bad URL
+
+
+def cache_dir() -> Path:
+    """``$COVER_HOME``, else ``$XDG_CACHE_HOME/cover-engine``, else ``~/.cache/cover-engine``."""
+    if os.environ.get(COVER_HOME_ENV):
+        return Path(os.environ[COVER_HOME_ENV]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cover-engine"
+    return Path.home() / ".cache" / "cover-engine"
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    return _hash_of(Path(path)).hexdigest()
+
+
+def verify(path: PathLike, wf: WeightFile, *, full: bool = False) -> Optional[str]:
+    """Why ``path`` is not a good copy of ``wf`` (one sentence naming the file), or None if it is.
+
+    Cheap when a trusted sidecar exists (see the module docstring); ``full`` ignores the sidecar.
+    A successful full hash records the sidecar; a failed one removes a stale sidecar.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return f"{path} does not exist"
+    size = path.stat().st_size
+    if wf.size is not None and size != wf.size:
+        return (f"{path} has {size} bytes, expected {wf.size} "
+                f"(an incomplete download or not {wf.name})")
+    if not full and _sidecar_vouches(path, wf.sha256):
+        return None
+    digest = sha256_file(path)
+    if digest != wf.sha256:
+        _sidecar(path).unlink(missing_ok=True)
+        return f"{path} has sha256 {digest}, expected {wf.sha256} (corrupted or not {wf.name})"
+    _write_sidecar(path, digest)
+    return None
+
+
+def resolve_weights(wf: WeightFile, explicit: Optional[PathLike] = None) -> Path:
+    """The verified path of ``wf``: ``explicit``, else ``$wf.env``, else the cache.
+
+    Raises WeightsError naming where it looked and how to get the file.
+    """
+    if explicit is not None:
+        path, origin = Path(explicit), "given explicitly"
+    elif wf.env and os.environ.get(wf.env):
+        path, origin = Path(os.environ[wf.env]), f"from ${wf.env}"
+    else:
+        path, origin = cache_dir() / wf.name, ""
+    path = path.expanduser().absolute()
+    if not path.is_file():
+        if origin:
+            raise WeightsError(f"{wf.name} not found at {path} ({origin})")
+        env = f"${wf.env} (not set) and " if wf.env else ""
+        raise WeightsError(
+            f"{wf.name} not found: looked at {env}{path}. Run `cover-fetch` to download it, or "
+            f"download {wf.urls[0]} and put it at {path}"
+            + (f" (or set {wf.env} to an existing copy)" if wf.env else ""))
+    problem = verify(path, wf)
+    if problem:
+        where = f" ({origin})" if origin else "; run `cover-fetch` to download a good copy"
+        raise WeightsError(problem + where)
+    return path
+
+
+def download(wf: WeightFile, dest_dir: PathLike, *, urls: Optional[Sequence[str]] = None,
+             progress: bool = True, timeout: float = 30.0) -> Path:
+    """Make ``dest_dir / wf.name`` a verified copy of ``wf`` and return its path.
+
+    A good file already there is kept without any request. Otherwise each URL (``urls``, default
+    ``wf.urls``) is tried in turn; a partial ``NAME.part`` is resumed; ``timeout`` is per socket
+    operation. If every URL fails, one WeightsError lists each URL with its failure and says where
+    to put the file by hand.
+    """
+    dest_dir = Path(dest_dir).expanduser().absolute()
+    dest = dest_dir / wf.name
+    if verify(dest, wf) is None:
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    part = dest_dir / (wf.name + ".part")
+    failures: list[tuple[str, str]] = []
+    for url in urls or wf.urls:
+        failure = ""
+        for _ in range(_ATTEMPTS_PER_URL):
+            start = _size(part)
+            try:
+                digest = _transfer(url, part, wf, progress=progress, timeout=timeout)
+            except _RETRYABLE as exc:
+                failure = _describe(exc)
+                if _size(part) > start:
+                    continue  # it got further: resume from there
+                break
+            if digest == wf.sha256:
+                _install(part, dest, digest)
+                return dest
+            part.unlink()
+            failure = f"checksum mismatch: expected sha256 {wf.sha256}, got {digest}"
+            if start == 0:
+                break  # fresh bytes from this URL are wrong: try the next one
+            # else the old partial file may be the bad part: retry this URL from scratch
+        failures.append((url, failure))
+    raise WeightsError(_failure_message(wf, dest, part, failures))
+
+
+def _transfer(url: str, part: Path, wf: WeightFile, *, progress: bool, timeout: float) -> str:
+    """One request extending ``part`` (rewritten if the server ignores Range); its sha256."""
+    offset = _size(part)
+    hasher = _hash_of(part) if offset else hashlib.sha256()
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # nothing after offset: the part may already be whole
+            return hasher.hexdigest()
+        raise
+    with response:
+        if response.status == 206:
+            content_range = response.headers.get("Content-Range", "")
+            match = re.match(r"bytes (\d+)-", content_range)
+            if not match or int(match.group(1)) != offset:
+                raise _TransferError(f"asked for bytes from {offset}, got '{content_range}'")
+        else:  # the server sent the whole file: start over
+            offset, hasher = 0, hashlib.sha256()
+        length = response.headers.get("Content-Length")
+        length = int(length) if length is not None else None
+        received = 0
+        with open(part, "ab" if offset else "wb") as out, tqdm(
+                total=offset + length if length is not None else wf.size, initial=offset,
+                desc=wf.name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                disable=not (progress and sys.stderr.isatty())) as bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                hasher.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+    if length is not None and received < length:  # urllib does not raise on a short body
+        raise _TransferError(f"connection closed after {offset + received} of "
+                             f"{offset + length} bytes")
+    return hasher.hexdigest()
+
+
+def _install(part: Path, dest: Path, digest: str) -> None:
+    """Atomically give the verified ``part`` its final name, durably, and record its digest."""
+    os.replace(part, dest)
+    _fsync_dir(dest.parent)
+    _write_sidecar(dest, digest)
+
+
+def _failure_message(wf: WeightFile, dest: Path, part: Path,
+                     failures: list[tuple[str, str]]) -> str:
+    lines = [f"could not download {wf.name} ({wf.description}):"]
+    lines += [f"  {url}: {reason}" for url, reason in failures]
+    if part.exists():
+        lines.append(f"The partial download is kept at {part}; run again to resume it.")
+    lines.append(f"To install it by hand, download it from one of these URLs and put it at {dest} "
+                 f"(sha256 {wf.sha256})"
+                 + (f", or set {wf.env} to the path of an existing copy." if wf.env else "."))
+    return "\n".join(lines)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for one URL's failure."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return f"unreachable ({exc.reason})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _hash_of(path: Path) -> hashlib._Hash:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sidecar_vouches(path: Path, sha256: str) -> bool:
+    """The sidecar names ``sha256`` and was written after the file last changed."""
+    sidecar = _sidecar(path)
+    try:
+        recorded = sidecar.read_text().split()
+        fresh = sidecar.stat().st_mtime_ns >= path.stat().st_mtime_ns
+    except OSError:
+        return False
+    return fresh and bool(recorded) and recorded[0] == sha256
+
+
+def _write_sidecar(path: Path, digest: str) -> None:
+    """Record a verified digest; best effort, since a read-only folder only costs a re-hash."""
+    tmp = path.with_name(path.name + ".sha256.tmp")
+    try:
+        tmp.write_text(f"{digest}  {path.name}\n")
+        os.replace(tmp, _sidecar(path))
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable on POSIX; where a folder cannot be opened (Windows) skip it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _parse_urls(pairs: Sequence[str]) -> dict[str, list[str]]:
+    """``NAME=URL`` options (NAME a key of FILES or a file name) to URL lists per key."""
+    by_name = {**{k: k for k in FILES}, **{wf.name: k for k, wf in FILES.items()}}
+    urls: dict[str, list[str]] = {}
+    for pair in pairs:
+        name, sep, url = pair.partition("=")
+        if not sep or not url or name not in by_name:
+            raise click.BadParameter(
+                f"'{pair}': expected NAME=URL with NAME one of {', '.join(by_name)}",
+                param_hint="--url")
+        urls.setdefault(by_name[name], []).append(url)
+    return urls
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the weight files [default: $COVER_HOME, else "
+                   "$XDG_CACHE_HOME/cover-engine, else ~/.cache/cover-engine].")
+@click.option("--only", type=click.Choice(sorted(FILES)), help="Fetch one file only.")
+@click.option("--url", "url_pairs", multiple=True, metavar="NAME=URL",
+              help="Download NAME (cover, clip or a file name) from URL instead of the published "
+                   "addresses; repeat to give mirrors, tried in order.")
+@click.option("--check", is_flag=True,
+              help="Verify the sha256 of the files already there; download nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no notes; errors only.")
+def main(directory: Optional[Path], only: Optional[str], url_pairs: tuple[str, ...],
+         check: bool, quiet: bool) -> None:
+    """Download COVER's weights (COVER.pth and CLIP ViT-L/14) and verify their checksums.
+
+    Prints NAME: PATH for each good file; exits non-zero if any file is missing or bad.
+    """
+    urls = _parse_urls(url_pairs)
+    directory = directory or cache_dir()
+    failed = False
+    for key, wf in FILES.items():
+        if only not in (None, key):
+            continue
+        dest = directory / wf.name
+        try:
+            if check:
+                problem = verify(dest, wf, full=True)
+                if problem:
+                    raise WeightsError(f"{problem}; run cover-fetch without --check to fetch it")
+            else:
+                download(wf, directory, urls=urls.get(key), progress=not quiet)
+        except WeightsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failed = True
+            continue
+        click.echo(f"{wf.name}: {dest}")
+        if not quiet and wf.env and os.environ.get(wf.env):
+            click.echo(f"note: ${wf.env} is set and takes precedence: {os.environ[wf.env]}",
+                       err=True)
+    if failed:
+        raise SystemExit(1)
