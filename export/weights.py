@@ -1,0 +1,131 @@
+"""Loading COVER.pth and OpenAI's CLIP archive into :class:`~.cover.COVER`, strictly.
+
+Upstream loads COVER.pth with ``strict=False`` (which silently leaves anything missing at its
+random initialisation) and builds the CLIP tower from OpenAI's archive. Here every tensor the
+model needs must be present with the right shape, or :class:`WeightsError` names it and its file.
+Tensors the model does not use (``semantic_backbone.prompt_learner.*``, the CLIP text tower,
+``visual.positional_embedding``, archive metadata) are ignored.
+
+Two namespaces: COVER.pth keys are the model's own parameter names; the CLIP tower's parameters,
+``semantic_backbone.X`` in the model, are ``visual.X`` in OpenAI's archive.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Mapping, Union
+
+import torch
+
+from ..runtime.errors import WeightsError
+from .config import ModelConfig
+from .cover import COVER
+
+PathLike = Union[str, os.PathLike]
+
+#: Model prefix of the CLIP image tower, and the prefix of the same tensors in OpenAI's archive.
+SEMANTIC_PREFIX = "semantic_backbone."
+CLIP_PREFIX = "visual."
+
+#: How many offending tensor names an error message lists before summarising.
+_MAX_NAMED = 8
+
+
+def file_key(model_key: str) -> tuple[str, str]:
+    """``("cover" | "clip", key in that file)`` for one of the model's state-dict keys."""
+    if model_key.startswith(SEMANTIC_PREFIX):
+        return "clip", CLIP_PREFIX + model_key[len(SEMANTIC_PREFIX):]
+    return "cover", model_key
+
+
+def build_meta(cfg: ModelConfig) -> COVER:
+    """The model with shapes only (``meta`` device): no memory for weights, no initialisation."""
+    with torch.device("meta"):
+        return COVER(cfg)
+
+
+def expected_keys(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the model needs, by its name in the weight files, with its shape.
+
+    Names starting with ``visual.`` come from the CLIP archive, all others from COVER.pth.
+    Computed on the ``meta`` device, so the official ViT-L model costs no memory.
+    """
+    return {file_key(k)[1]: tuple(v.shape) for k, v in build_meta(cfg).state_dict().items()}
+
+
+def load_cover_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
+    """COVER.pth's tensors: ``torch.save({"state_dict": ...})`` or a bare state dict."""
+    obj = _torch_load(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    return _tensor_dict(obj, path)
+
+
+def load_clip_archive(path: PathLike) -> dict[str, torch.Tensor]:
+    """OpenAI's CLIP weights: the TorchScript archive as published (fp16), or a plain state dict
+    saved with ``torch.save``."""
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():  # the published format is TorchScript; nothing to switch to
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except Exception:  # not TorchScript: try a pickled state dict (its errors are reported)
+        obj = _torch_load(path)
+        if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+            obj = obj["state_dict"]
+    return _tensor_dict(obj, path)
+
+
+def load_model(cfg: ModelConfig, cover_path: PathLike, clip_path: PathLike) -> COVER:
+    """The float32, eval-mode model with weights from COVER.pth and the CLIP archive."""
+    sources = {"cover": (Path(cover_path), load_cover_checkpoint(cover_path)),
+               "clip": (Path(clip_path), load_clip_archive(clip_path))}
+    model = build_meta(cfg)
+    state: dict[str, torch.Tensor] = {}
+    problems: dict[str, tuple[list[str], list[str]]] = {k: ([], []) for k in sources}
+    for name, like in model.state_dict().items():
+        kind, key = file_key(name)
+        tensors = sources[kind][1]
+        missing, misshaped = problems[kind]
+        if key not in tensors:
+            missing.append(key)
+        elif tensors[key].shape != like.shape:
+            misshaped.append(f"{key} {tuple(tensors[key].shape)} (model needs {tuple(like.shape)})")
+        else:
+            t = tensors[key]
+            state[name] = t.float() if t.is_floating_point() else t.to(like.dtype)
+    for kind, (missing, misshaped) in problems.items():
+        path = sources[kind][0]
+        if missing:
+            raise WeightsError(f"{path}: missing tensor(s) {_names(missing)}")
+        if misshaped:
+            raise WeightsError(f"{path}: wrong shape for {_names(misshaped)}")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.requires_grad_(False).eval()
+
+
+def _check_file(path: PathLike) -> None:
+    if not Path(path).is_file():
+        raise WeightsError(f"{path}: weight file not found")
+
+
+def _torch_load(path: PathLike):
+    _check_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        reason = type(exc).__name__ + (f": {lines[0][:120]}" if lines else "")
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({reason})") from exc
+
+
+def _tensor_dict(obj, path: PathLike) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: not a state dict (found {type(obj).__name__})")
+    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMED])
+    return shown if len(names) <= _MAX_NAMED else f"{shown} and {len(names) - _MAX_NAMED} more"
