@@ -1,0 +1,88 @@
+"""``--backend torch``: the export-side PyTorch model as an inference backend.
+
+This is the upstream-equivalent baseline (fp32 eager on CPU or CUDA) and, with
+``precision="fp16"`` on CUDA, the GPU path that can be verified where TensorRT is absent: fp16
+autocast (LayerNorm, softmax and reductions stay in fp32 under autocast), PyTorch's fused
+scaled-dot-product attention, and optionally ``torch.compile``.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from ..runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS, ViewSpec, views_for_inputs
+from ..runtime.errors import CoverError
+from .config import ModelConfig
+from .cover import COVER
+from .weights import load_model
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_config(config: Union[None, str, Path, dict, ModelConfig]) -> ModelConfig:
+    """A ModelConfig from nothing (official sizes), a JSON file, a dict or a config."""
+    if config is None:
+        return ModelConfig.official()
+    if isinstance(config, ModelConfig):
+        return config
+    return ModelConfig.from_json(config)
+
+
+def build_model(config=None, *, weights=None, clip_weights=None, random_weights: bool = False,
+                seed: int = 0) -> tuple[COVER, ModelConfig]:
+    """The float32 eval-mode model, with official weights or (for speed tests) seeded random ones."""
+    cfg = resolve_config(config)
+    if random_weights:
+        torch.manual_seed(seed)
+        model = COVER(cfg)
+    else:
+        from ..runtime.fetch import resolve_weights
+
+        model = load_model(cfg, resolve_weights(COVER_WEIGHTS, weights),
+                           resolve_weights(CLIP_WEIGHTS, clip_weights))
+    return model.float().eval(), cfg
+
+
+class TorchBackend:
+    """Runs the three branches with PyTorch; ``run`` maps numpy views to numpy score maps."""
+
+    def __init__(self, *, config=None, weights=None, clip_weights=None, device: str = "cpu",
+                 precision: str = "fp32", random_weights: bool = False, seed: int = 0,
+                 compile: bool = False, model: Optional[COVER] = None):
+        if precision not in PRECISIONS:
+            raise CoverError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise CoverError("--device cuda asked for, but torch sees no CUDA GPU here")
+        if model is None:
+            model, cfg = build_model(config, weights=weights, clip_weights=clip_weights,
+                                     random_weights=random_weights, seed=seed)
+        else:
+            cfg = resolve_config(config)
+        self.device = torch.device(device)
+        self.precision = precision
+        self.model = model.to(self.device).eval()
+        self.config = cfg
+        self.specs: dict[str, ViewSpec] = views_for_inputs(cfg.inputs)
+        self.name = "torch" if precision == "fp32" else f"torch-{precision}"
+        self._forward = torch.compile(self.model.forward) if compile else self.model.forward
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    @torch.inference_mode()
+    def run_tensors(self, views: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Score maps for views already on the device (used by the benchmark)."""
+        with self._autocast():
+            maps = self._forward(views["semantic"], views["technical"], views["aesthetic"])
+        return {k: v.float() for k, v in maps.items()}
+
+    def run(self, views: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
+                   for k, v in views.items()}
+        return {k: v.cpu().numpy() for k, v in self.run_tensors(tensors).items()}

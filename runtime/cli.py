@@ -1,0 +1,159 @@
+"""``cover-run``: score videos and images with COVER.
+
+Examples::
+
+    cover-run clip.mp4
+    cover-run videos/ "more/**/*.mkv" --json
+    cover-run videos/ --csv scores.csv --backend onnxruntime --engines engines/cover-fp32
+"""
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+import click
+
+from .constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .errors import CoverError
+from .results import FileScore
+
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+COLUMNS = ("semantic", "technical", "aesthetic", "overall")
+
+
+def expand_inputs(args: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, folders searched recursively by extension, globs expanded.
+
+    Returns the files in a stable order (duplicates removed) and ``(argument, error)`` pairs for
+    arguments that matched nothing, so that a batch reports them without stopping.
+    """
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
+            if not found:
+                missing.append((arg, "folder holds no video or image files"))
+            files.extend(found)
+        elif path.exists() or not glob.has_magic(arg):
+            files.append(path)  # a missing plain path is reported by the scorer, per file
+        else:
+            found = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+            if not found:
+                missing.append((arg, "pattern matched no files"))
+            files.extend(found)
+    seen: set[Path] = set()
+    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    return unique, missing
+
+
+def format_table(rows: list[FileScore]) -> str:
+    """A plain aligned table for a terminal."""
+    header = ("file",) + COLUMNS + ("frames", "resolution", "seconds")
+    body = [(r.path,) + tuple(f"{getattr(r, c):.4f}" for c in COLUMNS)
+            + (str(r.frames), r.resolution, f"{r.seconds:.2f}") for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+              default="auto", show_default=True,
+              help="Inference backend; auto = TensorRT if usable, else ONNX Runtime.")
+@click.option("--engines", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder written by cover-export (default: a cached export of the weights).")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), envvar="COVER_WEIGHTS",
+              help="COVER.pth (default: $COVER_WEIGHTS, then the cover-fetch cache).")
+@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="COVER_CLIP_WEIGHTS",
+              help="OpenAI ViT-L-14.pt (default: $COVER_CLIP_WEIGHTS, then the cache).")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Model config JSON for non-official sizes (torch backend and auto-export).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
+              show_default=True, help="Torch backend precision (engines carry their own).")
+@click.option("--seed", type=int, default=None,
+              help="Random temporal/spatial offsets from this seed (default: deterministic middle).")
+@click.option("--clips", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Average the scores of N sampled clips.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write rows to this CSV, row by row (appends to a matching header).")
+@click.option("--random-weights", is_flag=True,
+              help="Seeded random weights instead of the official ones: plumbing checks only, "
+                   "the scores mean nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
+def main(paths, backend, engines, weights, clip_weights, config, device, precision, seed, clips,
+         as_json, csv_path, random_weights, quiet):
+    """Score each video or image in PATHS (files, folders, globs) with COVER.
+
+    Prints per-branch scores (semantic, technical, aesthetic) and their sum, the overall score.
+    Scores are COVER's raw outputs: unbounded, and negative values are normal. A file that
+    cannot be read is reported and the batch goes on; the exit code is 1 if any file failed.
+    """
+    from .results import ScoreCsvWriter
+    from .scoring import make_scorer
+
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    files, failures = expand_inputs(paths)
+    try:
+        scorer = make_scorer(backend, engines=engines, weights=weights, clip_weights=clip_weights,
+                             device=device, precision=precision, seed=seed, clips=clips,
+                             config=config, random_weights=random_weights, log=log)
+    except CoverError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    writer = ScoreCsvWriter(csv_path) if csv_path else None
+    rows: list[FileScore] = []
+    progress = None
+    if len(files) > 1 and not quiet:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(files), unit="file", file=sys.stderr, dynamic_ncols=True)
+    try:
+        for path in files:
+            if progress is not None:
+                progress.set_postfix_str(path.name[-40:])
+            try:
+                row = scorer.score(path)
+            except Exception as exc:  # one bad file never stops the batch
+                failures.append((str(path), _one_line(exc)))
+                log(f"cover-run: skipped {path}: {_one_line(exc)}")
+            else:
+                rows.append(row)
+                if writer is not None:
+                    writer.write(row)
+                if as_json:
+                    click.echo(json.dumps(row.to_dict()))
+            if progress is not None:
+                progress.update(1)
+    finally:
+        if progress is not None:
+            progress.close()
+        if writer is not None:
+            writer.close()
+
+    if rows and not as_json:
+        click.echo(format_table(rows))
+    if failures:
+        click.echo(f"cover-run: {len(failures)} failed, {len(rows)} scored:", err=True)
+        for name, why in failures:
+            click.echo(f"  {name}: {why}", err=True)
+        sys.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, CoverError) else f"{type(exc).__name__}: {text}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

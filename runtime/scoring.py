@@ -1,0 +1,122 @@
+"""From a file to COVER scores: views -> backend -> score maps -> branch and overall scores.
+
+Scores are formed here, once, for every backend: a branch score is the mean of its score map,
+overall is semantic + technical + aesthetic (upstream's ``fuse_results``); with ``clips > 1``
+each branch score is averaged over the clips. Raw scores are unbounded and may be negative, as
+upstream's are.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+
+from .backend import Backend, backend_class
+from .constants import BRANCHES
+from .results import FileScore
+from .views import load_views
+
+
+def branch_scores(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per batch item: each branch's mean score and the overall sum, as float64 arrays ``(B,)``."""
+    scores = {b: maps[b].astype(np.float64).reshape(maps[b].shape[0], -1).mean(axis=1)
+              for b in BRANCHES}
+    scores["overall"] = scores["semantic"] + scores["technical"] + scores["aesthetic"]
+    return scores
+
+
+class Scorer:
+    """Scores one file at a time with a backend; ``clips`` sampled clips form one batch."""
+
+    def __init__(self, backend: Backend, *, seed: Optional[int] = None, clips: int = 1):
+        if clips < 1:
+            raise ValueError("clips must be at least 1")
+        self.backend = backend
+        self.name = backend.name
+        self.seed = seed
+        self.clips = clips
+
+    def score(self, path) -> FileScore:
+        start = time.perf_counter()
+        views, info = load_views(path, self.backend.specs, seed=self.seed, clips=self.clips)
+        scores = branch_scores(self.backend.run(views))
+        mean = {k: float(v.mean()) for k, v in scores.items()}
+        return FileScore(path=str(path), semantic=mean["semantic"], technical=mean["technical"],
+                         aesthetic=mean["aesthetic"], overall=mean["overall"],
+                         frames=int(info.num_frames), resolution=f"{info.width}x{info.height}",
+                         backend=self.name, seconds=time.perf_counter() - start)
+
+
+def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
+                 device: str = "cpu", precision: str = "fp32", config=None,
+                 random_weights: bool = False, log=print) -> Backend:
+    """Build the named backend; ``auto`` picks TensorRT, then ONNX Runtime, from the engine folder.
+
+    ``auto`` with no engine folder uses the cached export for these weights, exporting it once
+    (which needs torch and the weights) when it is not there yet.
+    """
+    if backend == "torch":
+        return backend_class("torch")(config=config, weights=weights, clip_weights=clip_weights,
+                                      device=device, precision=precision,
+                                      random_weights=random_weights)
+    if backend == "auto":
+        engine_dir = Path(engines) if engines else ensure_cached_engines(
+            weights=weights, clip_weights=clip_weights, config=config,
+            random_weights=random_weights, log=log)
+        backend = "tensorrt" if _tensorrt_usable(engine_dir) else "onnxruntime"
+    elif engines is None:
+        engine_dir = ensure_cached_engines(weights=weights, clip_weights=clip_weights,
+                                           config=config, random_weights=random_weights, log=log)
+    else:
+        engine_dir = Path(engines)
+    cls = backend_class(backend)
+    return cls(engine_dir, device=device) if backend == "tensorrt" else cls(engine_dir)
+
+
+def _tensorrt_usable(engine_dir: Path) -> bool:
+    """True when TensorRT imports and the folder holds engines built for it."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    from .manifest import load_manifest
+
+    return bool(load_manifest(engine_dir).engines)
+
+
+def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
+                          random_weights: bool = False, log=print) -> Path:
+    """The cached ONNX export for these settings, exported now if missing."""
+    from .fetch import cache_dir
+    from .manifest import engine_cache_name
+
+    target = cache_dir() / "engines" / engine_cache_name(weights=weights, clip_weights=clip_weights,
+                                                         config=config,
+                                                         random_weights=random_weights)
+    if (target / "manifest.json").is_file():
+        return target
+    log(f"cover-run: no engines given; exporting ONNX graphs once into {target} "
+        "(needs torch and the weights)")
+    try:
+        from ..export.onnx_export import export_all
+    except ImportError as exc:
+        from .errors import EngineError
+
+        raise EngineError(f"no engines at hand and the exporter cannot run here ({exc}); "
+                          "run `cover-export` on a machine with torch, then "
+                          "`cover-run --engines DIR`") from None
+    export_all(target, weights=weights, clip_weights=clip_weights, config=config,
+               precision="fp32", random_weights=random_weights, log=log)
+    return target
+
+
+def make_scorer(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
+                device: str = "cpu", precision: str = "fp32", seed: Optional[int] = None,
+                clips: int = 1, config=None, random_weights: bool = False, log=print) -> Scorer:
+    """A :class:`Scorer` over :func:`make_backend` (the entry point for cover-run and cover-eval)."""
+    return Scorer(make_backend(backend, engines=engines, weights=weights,
+                               clip_weights=clip_weights, device=device, precision=precision,
+                               config=config, random_weights=random_weights, log=log),
+                  seed=seed, clips=clips)
