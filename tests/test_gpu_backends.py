@@ -1,0 +1,702 @@
+"""The TensorRT backend and the GPU fast path.
+
+Without a GPU: the backend's logic against a fake ``tensorrt`` module (engines read and checked
+against the manifest, tensors bound by name, refusal of engines built elsewhere) and the NVDEC
+path's decisions. On a GPU (``gpu`` marker): cuda-python memory, TensorRT against ONNX Runtime,
+and the whole NVDEC + kernels + TensorRT pipeline against the CPU scorer.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media import pattern, write_video
+
+from cover_engine.runtime import backend_trt as bt
+from cover_engine.runtime import gpu
+from cover_engine.runtime.constants import views_for_inputs
+from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.manifest import (BATCH, EngineRef, FileRef, GraphEntry, Manifest,
+                                           TensorRTInfo, TensorSpec, load_manifest,
+                                           write_manifest)
+
+# ------------------------------------------------------------------------------ a fake TensorRT
+
+TRT_VERSION = "10.9.0.34"
+GPU_NAME, CAPABILITY = "NVIDIA A100-SXM4-80GB", "8.0"
+
+
+class FakeContext:
+    """Records what the backend asks of an execution context."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.shapes: dict[str, tuple] = {}
+        self.addresses: dict[str, int] = {}
+        self.runs = 0
+
+    def set_input_shape(self, name, shape):
+        t = self.engine.tensors.get(name)
+        if t is None or t["mode"] != "INPUT" or len(shape) != len(t["shape"]) or shape[0] > 4:
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, address):
+        if name not in self.engine.tensors:
+            return False
+        self.addresses[name] = address
+        return True
+
+    def execute_async_v3(self, stream_handle):
+        runtime = FakeCudaRuntime.current
+        if runtime is not None and runtime.capturing is not None:
+            runtime.capturing.append(self.run)  # recorded into the CUDA graph, not run
+        else:
+            self.run()
+        return True
+
+    def _tensor(self, name) -> np.ndarray:
+        shape = self.shapes.get(name) or (self.shapes["view"][0],) + tuple(
+            self.engine.tensors[name]["shape"][1:])
+        count = int(np.prod(shape))
+        return np.ctypeslib.as_array((ctypes.c_float * count).from_address(
+            self.addresses[name])).reshape(shape)
+
+    def run(self):
+        """A stand-in network reading and writing through the bound addresses: score maps are
+        the view's mean per item (plus the semantic features' mean after the semantic engine),
+        so any wrong binding shows in the numbers."""
+        view = self._tensor("view")
+        level = view.reshape(len(view), -1).mean(axis=1)
+        if "sem_feats" in self.shapes:
+            level = level + self._tensor("sem_feats").reshape(len(view), -1).mean(axis=1)
+        else:
+            self._tensor("sem_feats")[...] = level.reshape(-1, 1, 1) * 2
+        self.runs += 1
+        self._tensor("score_map")[...] = level.reshape((-1,) + (1,) * 4)
+
+
+class FakeEngine:
+    def __init__(self, tensors):
+        self.tensors = {t["name"]: t for t in tensors}
+        self.order = [t["name"] for t in tensors]
+
+    @property
+    def num_io_tensors(self):
+        return len(self.order)
+
+    def get_tensor_name(self, i):
+        return self.order[i]
+
+    def get_tensor_mode(self, name):
+        return self.tensors[name]["mode"]
+
+    def get_tensor_shape(self, name):
+        return tuple(self.tensors[name]["shape"])
+
+    def get_tensor_dtype(self, name):
+        return self.tensors[name]["dtype"]
+
+    def create_execution_context(self):
+        return FakeContext(self)
+
+
+def fake_tensorrt(version: str = TRT_VERSION) -> types.ModuleType:
+    """Just the TensorRT 10 Python API the backend uses; an engine file is JSON of its tensors."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT", NONE="NONE")
+    trt.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
+    trt.nptype = lambda dt: {"FLOAT": np.float32, "HALF": np.float16}[dt]
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level=None):
+            self.level = level
+
+    class Runtime:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, data):
+            try:
+                return FakeEngine(json.loads(data))
+            except ValueError:
+                return None
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    return trt
+
+
+class FakeBuffer:
+    """Host memory posing as device memory (addresses are real, so bindings can be followed)."""
+
+    def __init__(self, nbytes):
+        self.nbytes = int(nbytes)
+        self._mem = np.zeros(max(self.nbytes, 1), np.uint8)
+        self.ptr = self._mem.ctypes.data
+        self.closed = False
+
+    def upload(self, array, stream=None, offset=0):
+        ctypes.memmove(self.ptr + offset, array.ctypes.data, array.nbytes)
+
+    def download(self, out, stream=None, offset=0):
+        ctypes.memmove(out.ctypes.data, self.ptr + offset, out.nbytes)
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+class FakePinned:
+    def __init__(self, shape, dtype=np.float32):
+        self.array = np.zeros(shape, dtype)
+
+    def close(self):
+        pass
+
+
+class FakeStream:
+    handle = 7
+
+    def __int__(self):
+        return self.handle
+
+    def synchronize(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class FakeEvent:
+    def __init__(self, timing=False):
+        pass
+
+    def record(self, stream):
+        return self
+
+    def synchronize(self):
+        pass
+
+    def query(self):
+        return True
+
+    def close(self):
+        pass
+
+
+class FakeCudaRuntime:
+    """Stream capture records the enqueued engine runs; a graph launch replays them."""
+
+    current = None
+
+    def __init__(self):
+        self.capturing = None
+        self.launches = 0
+        self.cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeThreadLocal=1)
+        FakeCudaRuntime.current = self
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        self.capturing = []
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream):
+        graph, self.capturing = self.capturing, None
+        return (0, graph)
+
+    def cudaGraphInstantiate(self, graph, flags):
+        return (0, list(graph))
+
+    def cudaGraphDestroy(self, graph):
+        return (0,)
+
+    def cudaGraphExecDestroy(self, graph):
+        return (0,)
+
+    def cudaGraphLaunch(self, graph, stream):
+        self.launches += 1
+        for run in graph:
+            run()
+        return (0,)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """TensorRT and CUDA replaced by the fakes above, so the backend's orchestration runs here."""
+    runtime = FakeCudaRuntime()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    for name, value in {"use_device": lambda device=0: None,
+                        "compute_capability": lambda device=0: (8, 0),
+                        "device_name": lambda device=0: GPU_NAME,
+                        "DeviceBuffer": FakeBuffer, "PinnedArray": FakePinned,
+                        "Stream": FakeStream, "Event": FakeEvent,
+                        "cuda_api": lambda: (None, runtime, None)}.items():
+        monkeypatch.setattr(gpu, name, value)
+    yield runtime
+    FakeCudaRuntime.current = None
+
+
+# ------------------------------------------------------------------------------ an engine folder
+
+VIEW_SHAPES = {"semantic": (3, 4, 32, 32), "technical": (3, 8, 64, 64), "aesthetic": (3, 8, 32, 32)}
+MAP_SHAPES = {"semantic": (1, 4, 1, 1), "technical": (1, 4, 2, 2), "aesthetic": (1, 4, 1, 1)}
+FEATS = (16, 4)
+
+
+def _graph_io(branch):
+    inputs = [TensorSpec("view", (BATCH,) + VIEW_SHAPES[branch], "float32", "view")]
+    outputs = [TensorSpec("score_map", (BATCH,) + MAP_SHAPES[branch], "float32")]
+    if branch == "semantic":
+        outputs.append(TensorSpec("sem_feats", (BATCH,) + FEATS, "float32"))
+    else:
+        inputs.append(TensorSpec("sem_feats", (BATCH,) + FEATS, "float32", "semantic:sem_feats"))
+    return inputs, outputs
+
+
+def _engine_json(inputs, outputs, *, reverse=False, change=None) -> str:
+    tensors = [{"name": t.name, "mode": mode, "dtype": "FLOAT",
+                "shape": [-1 if d == BATCH else d for d in t.shape]}
+               for mode, group in (("INPUT", inputs), ("OUTPUT", outputs)) for t in group]
+    if change:
+        for t in tensors:
+            t.update(change.get(t["name"], {}))
+    return json.dumps(tensors[::-1] if reverse else tensors)
+
+
+def make_folder(folder: Path, *, engine_files=None, trt_info=True) -> Path:
+    """A manifest with three video graphs and their (fake) engines; ``engine_files`` overrides
+    the text of an engine file by branch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    graphs = []
+    for branch in ("semantic", "technical", "aesthetic"):
+        inputs, outputs = _graph_io(branch)
+        (folder / f"{branch}.onnx").write_bytes(b"onnx " + branch.encode())
+        text = (engine_files or {}).get(branch) or _engine_json(inputs, outputs, reverse=True)
+        (folder / f"{branch}.plan").write_text(text)
+        profiles = {t.name: {"min": t.with_batch(1), "opt": t.with_batch(1), "max": t.with_batch(4)}
+                    for t in inputs}
+        graphs.append(GraphEntry(
+            mode="video", branch=branch, file=FileRef.of(folder, Path(f"{branch}.onnx")),
+            inputs=tuple(inputs), outputs=tuple(outputs),
+            engine=EngineRef(FileRef.of(folder, Path(f"{branch}.plan")), profiles)))
+    views = views_for_inputs({b: (1,) + shape for b, shape in VIEW_SHAPES.items()})
+    manifest = Manifest(name="fake", precision="fp16", opset=18,
+                        batch={"min": 1, "opt": 1, "max": 4}, model={}, views=views,
+                        weights={"random_seed": 0}, tools={"tensorrt": TRT_VERSION},
+                        graphs=tuple(graphs),
+                        tensorrt=TensorRTInfo(TRT_VERSION, GPU_NAME, CAPABILITY)
+                        if trt_info else None)
+    write_manifest(folder, manifest)
+    return folder
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "engines")
+
+
+# ------------------------------------------------------------------------------ without a GPU
+
+
+def test_gpu_modules_import_nothing_heavy_until_used():
+    """TensorRT, cuda-python, PyNvVideoCodec (and torch, never) load only when a GPU object is
+    made, so these modules import on any host."""
+    code = ("import sys\n"
+            "import cover_engine.runtime.backend_trt, cover_engine.runtime.gpu_views, "
+            "cover_engine.runtime.nvdec, cover_engine.runtime.gpu\n"
+            "print(sorted(m for m in ('tensorrt', 'cuda', 'cuda.bindings', 'PyNvVideoCodec', "
+            "'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_missing_tensorrt_is_one_clear_error(monkeypatch, folder):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(EngineError, match=r"TensorRT is not installed.*onnxruntime"):
+        bt.TrtBackend(folder)
+
+
+def test_engines_are_checked_against_the_manifest_by_name(folder):
+    trt = fake_tensorrt()
+    manifest = bt.open_folder(folder, trt, gpu_name=GPU_NAME, compute_capability=CAPABILITY)
+    engines = bt.load_engines(trt, trt.Runtime(trt.Logger()), folder, manifest, "video")
+    assert sorted(engines) == ["aesthetic", "semantic", "technical"]
+    # the fake engines list their tensors in reverse order: binding by name does not care
+    tensors = bt.engine_tensors(trt, engines["technical"])
+    assert [t.name for t in tensors] == ["score_map", "sem_feats", "view"]
+    assert [t.is_input for t in tensors] == [False, True, True]
+    assert tensors[2].shape == (-1,) + VIEW_SHAPES["technical"] and tensors[2].dtype == "float32"
+
+
+@pytest.mark.parametrize("version,gpu_name,capability,message", [
+    ("10.8.0.43", GPU_NAME, CAPABILITY,
+     r"built with TensorRT 10\.9\.0\.34, this is TensorRT 10\.8"),
+    (TRT_VERSION, "NVIDIA H100 80GB HBM3", "9.0",
+     r"built for NVIDIA A100.*this GPU is NVIDIA H100"),
+])
+def test_engines_built_elsewhere_are_refused_with_a_rebuild_hint(folder, version, gpu_name,
+                                                                 capability, message):
+    with pytest.raises(EngineError, match=message) as err:
+        bt.open_folder(folder, fake_tensorrt(version), gpu_name=gpu_name,
+                       compute_capability=capability)
+    assert "rebuild" in str(err.value) and "cover-export" in str(err.value)
+
+
+def test_a_folder_without_engines_is_refused(tmp_path):
+    folder = make_folder(tmp_path / "onnx-only", trt_info=False)
+    with pytest.raises(EngineError, match="no TensorRT engines"):
+        bt.open_folder(folder, fake_tensorrt(), gpu_name=GPU_NAME, compute_capability=CAPABILITY)
+
+
+def test_an_unreadable_engine_names_its_file(tmp_path):
+    folder = make_folder(tmp_path / "bad", engine_files={"aesthetic": "not an engine"})
+    trt = fake_tensorrt()
+    manifest = load_manifest(folder)
+    with pytest.raises(EngineError,
+                       match=r"aesthetic\.plan: TensorRT 10\.9\.0\.34 cannot deserialize"):
+        bt.load_engines(trt, trt.Runtime(trt.Logger()), folder, manifest, "video")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"view": {"shape": [-1, 3, 4, 32, 33]}}, r"view is float32 \[.*33\].*says float32"),
+    ({"view": {"dtype": "HALF"}}, r"view is float16"),
+    ({"score_map": {"name": "scores"}}, r"outputs \[.*'scores'\] do not match"),
+])
+def test_engine_tensors_that_differ_from_the_manifest_are_refused(tmp_path, change, message):
+    inputs, outputs = _graph_io("semantic")
+    folder = make_folder(tmp_path / "odd",
+                         engine_files={"semantic": _engine_json(inputs, outputs, change=change)})
+    trt = fake_tensorrt()
+    with pytest.raises(EngineError, match=message):
+        bt.load_engines(trt, trt.Runtime(trt.Logger()), folder, load_manifest(folder), "video")
+
+
+def test_buffers_and_bindings_follow_the_manifest_sources(folder):
+    trt = fake_tensorrt()
+    manifest = load_manifest(folder)
+    graphs = {b: manifest.graph("video", b) for b in ("semantic", "technical", "aesthetic")}
+    layout = bt.buffer_layout(graphs, batch=3)
+    assert layout["view:technical"] == ((3,) + VIEW_SHAPES["technical"], "float32")
+    assert layout["semantic:sem_feats"] == ((3,) + FEATS, "float32")
+    assert sorted(layout) == ["aesthetic:score_map", "semantic:score_map", "semantic:sem_feats",
+                              "technical:score_map", "view:aesthetic", "view:semantic",
+                              "view:technical"]
+    addresses = {key: 0x1000 * (i + 1) for i, key in enumerate(sorted(layout))}
+    engines = bt.load_engines(trt, trt.Runtime(trt.Logger()), folder, manifest, "video")
+    context = engines["technical"].create_execution_context()
+    bt.bind(context, graphs["technical"], 3, addresses)
+    assert context.shapes == {"view": (3,) + VIEW_SHAPES["technical"], "sem_feats": (3,) + FEATS}
+    assert context.addresses == {"view": addresses["view:technical"],
+                                 "sem_feats": addresses["semantic:sem_feats"],
+                                 "score_map": addresses["technical:score_map"]}
+
+
+def test_binding_outside_the_profile_is_an_engine_error(folder):
+    trt = fake_tensorrt()
+    manifest = load_manifest(folder)
+    graph = manifest.graph("video", "semantic")
+    engine = bt.load_engines(trt, trt.Runtime(trt.Logger()), folder, manifest, "video")["semantic"]
+    addresses = {k: 1 for k in bt.buffer_layout({b: manifest.graph("video", b) for b in
+                                                 ("semantic", "technical", "aesthetic")}, 5)}
+    with pytest.raises(EngineError,
+                       match=r"video/semantic engine rejects input view of shape \[5,"):
+        bt.bind(engine.create_execution_context(), graph, 5, addresses)
+
+
+def test_an_input_no_engine_produces_is_refused(folder):
+    manifest = load_manifest(folder)
+    graphs = {b: manifest.graph("video", b) for b in ("semantic", "technical", "aesthetic")}
+    odd = GraphEntry(**{**graphs["aesthetic"].__dict__, "inputs": (
+        graphs["aesthetic"].inputs[0], TensorSpec("sem_feats", (BATCH,) + FEATS, "float32",
+                                                  "technical:sem_feats"))})
+    with pytest.raises(EngineError, match="reads 'technical:sem_feats', which no engine produces"):
+        bt.buffer_layout({**graphs, "aesthetic": odd}, 1)
+
+
+def test_nvdec_refusals_need_no_gpu(tmp_path):
+    from cover_engine.runtime.decode import MediaInfo
+    from cover_engine.runtime.nvdec import nvdec_refusal
+
+    base = dict(path="x.mp4", num_frames=10, width=64, height=48, fps=25.0, codec="h264",
+                pix_fmt="yuv420p", bit_depth=8, matrix="bt601", full_range=False, rotation=0,
+                is_image=False, counted=False)
+    assert "images" in nvdec_refusal(MediaInfo(**{**base, "is_image": True}))
+    assert "yuv444p" in nvdec_refusal(MediaInfo(**{**base, "pix_fmt": "yuv444p"}))
+    assert "rotation" in nvdec_refusal(MediaInfo(**{**base, "rotation": 90}), rotate=True)
+    reason = nvdec_refusal(MediaInfo(**base))
+    if reason is not None:  # a 4:2:0 video fails here only for want of PyNvVideoCodec / a GPU
+        assert "PyNvVideoCodec" in reason
+
+
+def test_decoded_frame_planes_are_read_from_the_cuda_array_interface():
+    from cover_engine.runtime.nvdec import NvdecUnavailable, frame_planes
+
+    def plane(ptr, shape, strides, typestr):
+        return types.SimpleNamespace(__cuda_array_interface__={
+            "shape": shape, "strides": strides, "typestr": typestr, "data": (ptr, False),
+            "version": 3})
+
+    frame = types.SimpleNamespace(cuda=lambda: [plane(4096, (1088, 1920, 1), (2048, 2, 1), "|u2"),
+                                                plane(9999, (544, 960, 2), (2048, 4, 2), "|u2")])
+    luma, chroma = frame_planes(frame)
+    assert (luma.ptr, luma.rows, luma.row_bytes, luma.pitch, luma.sample_bytes) == \
+        (4096, 1088, 3840, 2048, 2)
+    assert (chroma.rows, chroma.row_bytes, chroma.pitch) == (544, 3840, 2048)
+    packed = types.SimpleNamespace(cuda=lambda: [plane(1, (480, 640, 1), None, "|u1"),
+                                                 plane(2, (240, 320, 2), None, "|u1")])
+    assert frame_planes(packed)[0].pitch == 640
+    planar = types.SimpleNamespace(cuda=lambda: [plane(1, (480, 640, 1), None, "|u1")] * 3)
+    with pytest.raises(NvdecUnavailable, match="3 planes"):
+        frame_planes(planar)
+
+
+def test_frame_buffer_rows_are_aligned():
+    from cover_engine.runtime.nvdec import frame_buffer_layout
+
+    pitch, luma, total = frame_buffer_layout(1080, 1920, 2)
+    assert pitch == 3840 and luma == 3840 * 1080 and total == 3840 * (1080 + 540)
+    pitch, luma, total = frame_buffer_layout(113, 175, 1)
+    assert pitch == 256 and total == 256 * (113 + 57)
+
+
+def _views(batch, seed):
+    rng = np.random.default_rng(seed)
+    return {b: rng.random((batch,) + shape, dtype=np.float32) for b, shape in VIEW_SHAPES.items()}
+
+
+def _expected(views):
+    """The fake network's score maps for these views."""
+    level = {b: v.reshape(len(v), -1).mean(axis=1, dtype=np.float64) for b, v in views.items()}
+    out = {"semantic": level["semantic"]}
+    for b in ("technical", "aesthetic"):
+        out[b] = level[b] + 2 * level["semantic"]
+    return {b: np.broadcast_to(v.reshape((-1,) + (1,) * 4),
+                               (len(v),) + MAP_SHAPES[b]) for b, v in out.items()}
+
+
+def test_backend_runs_binds_and_replays_cuda_graphs(fake_gpu, folder):
+    backend = bt.TrtBackend(folder, in_flight=2, log=lambda m: None)
+    assert backend.name == "tensorrt-fp16" and backend.max_batch == 4
+    for k in range(6):  # new views each time: a replayed graph must recompute everything
+        views = _views(2, k)
+        maps = backend.run(views)
+        for b, want in _expected(views).items():
+            assert maps[b].shape == want.shape and maps[b].dtype == np.float32
+            np.testing.assert_allclose(maps[b], want, rtol=1e-5, err_msg=f"run {k}, {b}")
+    # each slot: first run plain, second run plain and captured, later runs replay the graph
+    assert fake_gpu.launches == 2
+    other = _views(3, 1)  # another batch size: rebound, buffers grown, graphs dropped
+    for b, want in _expected(other).items():
+        np.testing.assert_allclose(backend.run(other)[b], want, rtol=1e-5, err_msg=b)
+
+
+def test_backend_keeps_several_batches_in_flight(fake_gpu, folder):
+    backend = bt.TrtBackend(folder, in_flight=2, cuda_graphs=False)
+    batches = [_views(1 + k % 3, k) for k in range(5)]
+    pending = [backend.submit(v) for v in batches[:3]]  # the third reuses the first one's slot
+    for p, v in zip(pending, batches):
+        for b, want in _expected(v).items():
+            np.testing.assert_allclose(p.result()[b], want, rtol=1e-5, err_msg=b)
+    for maps, v in zip(backend.run_many(batches), batches):
+        for b, want in _expected(v).items():
+            np.testing.assert_allclose(maps[b], want, rtol=1e-5, err_msg=b)
+    assert fake_gpu.launches == 0
+
+
+def test_backend_rejects_views_it_has_no_engine_for(fake_gpu, folder):
+    backend = bt.TrtBackend(folder)
+    views = _views(1, 0)
+    with pytest.raises(InputError, match="match none of the engines' inputs"):
+        backend.run({**views, "technical": views["technical"][:, :, :4]})
+    with pytest.raises(InputError, match="views missing for branch"):
+        backend.run({"semantic": views["semantic"]})
+    with pytest.raises(InputError, match=r"batch of 5 is outside the engines' range 1\.\.4"):
+        backend.run(_views(5, 0))
+
+
+def _encode_h264(path: Path, width=320, height=240, frames=30) -> Path:
+    return write_video(path, [pattern(height, width, t) for t in range(frames)], options={})
+
+
+class HostDecoder:
+    """Stands in for NVDEC: PyAV's YUV planes of the wanted frames, as NV12."""
+
+    def __init__(self):
+        self.calls = []
+
+    def decode(self, path, indices, info, *, stream):
+        import av
+
+        from cover_engine.runtime.colour import yuv_to_rgb_coefficients
+        from cover_engine.runtime.gpu_views import HostFrames, semi_planar
+
+        wanted, planes = [int(i) for i in indices], {}
+        self.calls.append(wanted)
+        with av.open(str(path)) as container:
+            for k, frame in enumerate(container.decode(video=0)):
+                if k in wanted:
+                    planes[k] = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)
+                                 [:, :p.width] for p in frame.planes]
+        nv12 = [semi_planar(*planes[k]) for k in wanted]
+        conv = yuv_to_rgb_coefficients(info.matrix, info.full_range, info.bit_depth)
+        class Frames(HostFrames):
+            def close(self):  # what the slot calls once the kernels are done
+                pass
+
+        return Frames([y for y, _, _ in nv12], [c for _, c, _ in nv12], 0, conv)
+
+
+class EmulatedKernels:
+    """Stands in for the CUDA kernels: their numpy emulation, written where they would write."""
+
+    def __init__(self, device=0):
+        pass
+
+    def launch(self, frames, tables, out_ptr, out_dtype, out_shape, stream):
+        from cover_engine.runtime.gpu_views import emulate_view
+
+        count = int(np.prod(out_shape))
+        out = np.ctypeslib.as_array((ctypes.c_float * count).from_address(out_ptr))
+        out.reshape(out_shape)[:tables.clips] = emulate_view(tables, frames)
+        return FakeBuffer(0)
+
+
+def test_gpu_pipeline_wiring_gives_the_cpu_scores(fake_gpu, folder, tmp_path, monkeypatch):
+    """Plans, frame slots, per-view tables and view buffers of the fast path, with NVDEC and the
+    kernels replaced by host stand-ins: the scores are the CPU path's."""
+    from cover_engine.runtime import gpu_views, nvdec
+    from cover_engine.runtime.scoring import branch_scores
+    from cover_engine.runtime.views import load_views
+
+    monkeypatch.setattr(gpu_views, "ViewKernels", EmulatedKernels)
+    monkeypatch.setattr(nvdec, "import_pynvvideocodec", lambda: None)
+    video = _encode_h264(tmp_path / "clip.mp4")
+    backend = bt.TrtBackend(folder)
+    decoder, notices = HostDecoder(), []
+    pipeline = gpu_views.GpuPipeline(backend, decoder=decoder, log=notices.append)
+    for seed, clips in ((None, 1), (4, 2)):
+        got = pipeline.score(video, seed=seed, clips=clips)
+        views, _ = load_views(video, backend.specs, seed=seed, clips=clips)
+        want = {k: float(v.mean()) for k, v in branch_scores(backend.run(views)).items()}
+        for field, value in want.items():
+            assert getattr(got, field) == pytest.approx(value, rel=1e-6), (seed, field)
+        assert got.backend == "tensorrt-fp16+nvdec"
+    assert notices == [] and len(decoder.calls) == 2
+    assert decoder.calls[0] == sorted(set(decoder.calls[0]))  # each needed frame once
+
+
+def test_gpu_pipeline_falls_back_to_the_cpu_with_one_notice(fake_gpu, folder, tmp_path,
+                                                            monkeypatch):
+    from cover_engine.runtime import gpu_views, nvdec
+
+    class Refusing:
+        def decode(self, path, indices, info, *, stream):
+            raise nvdec.NvdecUnavailable("NVDEC cannot decode h264: no decoder engine")
+
+    monkeypatch.setattr(gpu_views, "ViewKernels", EmulatedKernels)
+    monkeypatch.setattr(nvdec, "import_pynvvideocodec", lambda: None)
+    video = _encode_h264(tmp_path / "clip.mp4", frames=12)
+    notices = []
+    pipeline = gpu_views.GpuPipeline(bt.TrtBackend(folder), decoder=Refusing(),
+                                     log=notices.append)
+    first, second = pipeline.score(video), pipeline.score(video)
+    assert first.overall == second.overall and first.backend == "tensorrt-fp16"
+    assert notices == ["cover-run: NVDEC not used (NVDEC cannot decode h264: no decoder "
+                       "engine); decoding on the CPU"]
+
+
+# ------------------------------------------------------------------------------ on a GPU
+
+
+@pytest.mark.gpu
+def test_device_memory_streams_and_events():
+    gpu.use_device(0)
+    data = np.arange(1 << 16, dtype=np.float32)
+    stream = gpu.Stream()
+    start, end = gpu.Event(timing=True), gpu.Event(timing=True)
+    start.record(stream)
+    with gpu.DeviceBuffer(data.nbytes) as buf:
+        pinned = gpu.PinnedArray(data.shape, np.float32)
+        pinned.array[...] = data
+        buf.upload(pinned.array, stream)
+        back = gpu.PinnedArray(data.shape, np.float32)
+        buf.download(back.array, stream)
+        end.record(stream)
+        end.synchronize()
+        assert end.query()
+        np.testing.assert_array_equal(back.array, data)
+        assert end.elapsed_ms(start) >= 0
+        pinned.close()
+        back.close()
+    stream.close()
+    major, _ = gpu.compute_capability(0)
+    assert major >= 5 and gpu.device_name(0)
+
+
+def _vectors_config(vectors_dir) -> Path:
+    return vectors_dir / "model" / "config.json"
+
+
+@pytest.fixture(scope="module")
+def trt_folder(tmp_path_factory, vectors_dir):
+    """Engines of the reference vectors' small model (random weights), built here."""
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("torch")
+    from cover_engine.export.onnx_export import export_all
+
+    out = tmp_path_factory.mktemp("trt")
+    export_all(out, config=_vectors_config(vectors_dir), random_weights=True, precision="fp32",
+               engines=True, batch_max=2, log=lambda m: None)
+    return out
+
+
+@pytest.mark.gpu
+def test_tensorrt_matches_onnxruntime_and_replays_graphs(trt_folder, vectors_dir):
+    from cover_engine.runtime.backend_ort import OrtBackend
+
+    io = np.load(vectors_dir / "model" / "io.npz")
+    views = {b: np.concatenate([io[f"video/input/{b}"]] * 2) for b in ("semantic", "technical",
+                                                                      "aesthetic")}
+    want = OrtBackend(trt_folder).run(views)
+    backend = bt.TrtBackend(trt_folder, in_flight=2)
+    runs = [backend.run(views) for _ in range(3)]  # plain, plain + capture, graph replay
+    for maps in runs:
+        for b, m in want.items():
+            np.testing.assert_allclose(maps[b], m, atol=2e-3, rtol=2e-3, err_msg=b)
+    for b in want:
+        np.testing.assert_array_equal(runs[2][b], runs[1][b])
+    many = list(backend.run_many([views] * 5))
+    assert len(many) == 5
+    for maps in many:
+        for b in want:
+            np.testing.assert_array_equal(maps[b], runs[1][b])
+    with pytest.raises(InputError, match="outside the engines' range"):
+        backend.run({b: np.concatenate([v] * 2) for b, v in views.items()})
+    backend.close()
+
+
+@pytest.mark.gpu
+def test_nvdec_pipeline_scores_like_the_cpu_path(trt_folder, tmp_path):
+    from cover_engine.runtime.backend_ort import OrtBackend
+    from cover_engine.runtime.gpu_views import GpuPipeline
+    from cover_engine.runtime.scoring import Scorer
+
+    path = _encode_h264(tmp_path / "clip.mp4", frames=40)
+    cpu = Scorer(OrtBackend(trt_folder), clips=2).score(path)
+    notices = []
+    backend = bt.TrtBackend(trt_folder)
+    got = GpuPipeline(backend, log=notices.append).score(path, clips=2)
+    for field in ("semantic", "technical", "aesthetic", "overall"):
+        assert getattr(got, field) == pytest.approx(getattr(cpu, field), abs=5e-3), field
+    assert all("NVDEC not used" in n for n in notices) and len(notices) <= 1
+    backend.close()
