@@ -31,7 +31,7 @@ from .geometry import AxisTable, resize_table
 from .nvdec import NvdecDecoder, NvdecUnavailable, nvdec_refusal
 from .results import FileScore
 from .sampling import clip_rng, needed_frames
-from .scoring import branch_scores
+from .scoring import file_score
 from .views import ViewPlan, load_views, plan_views
 
 #: Kernel file, and the thread block the launches use (a warp along each output row).
@@ -344,10 +344,5 @@ class GpuPipeline:
         """Scores of one file (clip scores averaged), as :class:`~.scoring.Scorer` gives them."""
         start = time.perf_counter()
         job = self.submit(path, seed=seed, clips=clips, rotate=rotate)
-        mean = {k: float(v.mean()) for k, v in branch_scores(job.pending.result()).items()}
-        info = job.info
-        return FileScore(path=str(path), semantic=mean["semantic"], technical=mean["technical"],
-                         aesthetic=mean["aesthetic"], overall=mean["overall"],
-                         frames=int(info.num_frames), resolution=f"{info.width}x{info.height}",
-                         backend=self.backend.name + ("+nvdec" if job.nvdec else ""),
-                         seconds=time.perf_counter() - start)
+        return file_score(path, job.pending.result(), job.info,
+                          self.backend.name + ("+nvdec" if job.nvdec else ""), start)

@@ -41,12 +41,17 @@ class Scorer:
     def score(self, path) -> FileScore:
         start = time.perf_counter()
         views, info = load_views(path, self.backend.specs, seed=self.seed, clips=self.clips)
-        scores = branch_scores(self.backend.run(views))
-        mean = {k: float(v.mean()) for k, v in scores.items()}
-        return FileScore(path=str(path), semantic=mean["semantic"], technical=mean["technical"],
-                         aesthetic=mean["aesthetic"], overall=mean["overall"],
-                         frames=int(info.num_frames), resolution=f"{info.width}x{info.height}",
-                         backend=self.name, seconds=time.perf_counter() - start)
+        return file_score(path, self.backend.run(views), info, self.name, start)
+
+
+def file_score(path, maps: Mapping[str, np.ndarray], info, backend: str,
+               started: float) -> FileScore:
+    """The :class:`FileScore` of one file from its score maps (clip scores averaged)."""
+    mean = {k: float(v.mean()) for k, v in branch_scores(maps).items()}
+    return FileScore(path=str(path), semantic=mean["semantic"], technical=mean["technical"],
+                     aesthetic=mean["aesthetic"], overall=mean["overall"],
+                     frames=int(info.num_frames), resolution=f"{info.width}x{info.height}",
+                     backend=backend, seconds=time.perf_counter() - started)
 
 
 def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
@@ -72,7 +77,8 @@ def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weig
     else:
         engine_dir = Path(engines)
     cls = backend_class(backend)
-    return cls(engine_dir, device=device) if backend == "tensorrt" else cls(engine_dir)
+    return cls(engine_dir, device=device if device.startswith("cuda") else "cuda", log=log) \
+        if backend == "tensorrt" else cls(engine_dir)
 
 
 def _tensorrt_usable(engine_dir: Path) -> bool:
@@ -116,7 +122,24 @@ def make_scorer(backend: str = "auto", *, engines=None, weights=None, clip_weigh
                 device: str = "cpu", precision: str = "fp32", seed: Optional[int] = None,
                 clips: int = 1, config=None, random_weights: bool = False, log=print) -> Scorer:
     """A :class:`Scorer` over :func:`make_backend` (the entry point for cover-run and cover-eval)."""
-    return Scorer(make_backend(backend, engines=engines, weights=weights,
-                               clip_weights=clip_weights, device=device, precision=precision,
-                               config=config, random_weights=random_weights, log=log),
-                  seed=seed, clips=clips)
+    chosen = make_backend(backend, engines=engines, weights=weights, clip_weights=clip_weights,
+                          device=device, precision=precision, config=config,
+                          random_weights=random_weights, log=log)
+    if chosen.name.startswith("tensorrt"):
+        return GpuScorer(chosen, seed=seed, clips=clips, log=log)
+    return Scorer(chosen, seed=seed, clips=clips)
+
+
+class GpuScorer:
+    """The GPU path: NVDEC decoding and the view kernels feeding TensorRT (see ``gpu_views``)."""
+
+    def __init__(self, backend: Backend, *, seed: Optional[int] = None, clips: int = 1, log=print):
+        from .gpu_views import GpuPipeline
+
+        self.pipeline = GpuPipeline(backend, log=log)
+        self.name = backend.name
+        self.seed = seed
+        self.clips = clips
+
+    def score(self, path) -> FileScore:
+        return self.pipeline.score(path, seed=self.seed, clips=self.clips)
