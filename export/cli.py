@@ -1,0 +1,76 @@
+"""``cover-export``: turn the PyTorch model into an engine folder a host without torch can run.
+
+Examples::
+
+    cover-export                                  # fp32 ONNX graphs in engines/cover-fp32/
+    cover-export --precision fp16                 # + TensorRT engines when tensorrt is installed
+    cover-export --config my.json --weights a.pth --clip-weights b.pt --out engines/mine
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ..runtime.errors import CoverError
+from ..runtime.manifest import MODES
+
+
+def default_name(precision: str, config: Optional[Path], random_weights: bool) -> str:
+    """``cover-fp16``; a custom config's file stem instead of ``cover``; ``random-`` prefixed."""
+    base = "cover" if config is None else Path(config).stem
+    return f"{'random-' if random_weights else ''}{base}-{precision}"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16 keeps LayerNorm, softmax and reductions in fp32.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: engines/<name>/).")
+@click.option("--name", help="Export name (default: cover-<precision>).")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), envvar="COVER_WEIGHTS",
+              help="COVER.pth (default: $COVER_WEIGHTS, then the cover-fetch cache).")
+@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="COVER_CLIP_WEIGHTS",
+              help="OpenAI ViT-L-14.pt (default: $COVER_CLIP_WEIGHTS, then the cache).")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Model config JSON for non-official sizes (its weights must be named).")
+@click.option("--random-weights", is_flag=True,
+              help="Seeded random weights (plumbing and speed tests only).")
+@click.option("--batch-max", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Largest batch the TensorRT engines accept.")
+@click.option("--batch-opt", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch the TensorRT engines are tuned for.")
+@click.option("--opset", type=click.IntRange(17, 20), default=18, show_default=True,
+              help="ONNX opset (TensorRT 10 parses up to 20).")
+@click.option("--engine/--no-engine", default=None,
+              help="Build TensorRT engines (default: for fp16, when tensorrt is installed).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
+              help="TensorRT timing cache to reuse and update (default: <out>/timing.cache).")
+@click.option("--images/--no-images", default=True, show_default=True,
+              help="Also export the single-image (T=1) graphs.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Compare each graph in ONNX Runtime with PyTorch on random views.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def main(precision, out, name, weights, clip_weights, config, random_weights, batch_max, batch_opt,
+         opset, engine, timing_cache, images, check, quiet):
+    """Export COVER's three branches to ONNX (one graph per branch, for videos and for images),
+    optionally build TensorRT engines, and write manifest.json describing all of it."""
+    from .onnx_export import export_all
+
+    name = name or default_name(precision, config, random_weights)
+    out = out or Path("engines") / name
+    log = (lambda msg: None) if quiet else click.echo
+    try:
+        export_all(out, weights=weights, clip_weights=clip_weights, config=config,
+                   precision=precision, random_weights=random_weights, name=name, opset=opset,
+                   batch_max=batch_max, batch_opt=batch_opt, engines=engine,
+                   timing_cache=timing_cache, modes=MODES if images else ("video",),
+                   check=check, log=log)
+    except CoverError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,145 @@
+"""``--backend onnxruntime``: runs an exported engine folder's ONNX graphs with ONNX Runtime.
+
+Torch-free. The CPU execution provider is the default; with ``onnxruntime-gpu`` installed,
+``device="cuda[:N]"`` runs on the CUDA provider, and ``providers="tensorrt"`` puts ONNX
+Runtime's TensorRT provider in front of it (it builds its own engines on first use and caches
+them beside the graphs). Everything is checked before the first score: the manifest and every
+file's checksum (:func:`~cover_engine.runtime.manifest.load_manifest`), then each graph's real
+inputs and outputs against the manifest.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from .constants import BRANCHES, ViewSpec
+from .errors import EngineError, InputError
+from .manifest import MANIFEST_FILE, GraphEntry, Manifest, check_io, load_manifest
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+_SHORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider"}
+
+
+def select_providers(device: str = "cpu", providers: Union[None, str, Sequence] = None,
+                     *, available: Optional[Sequence[str]] = None,
+                     cache_dir: Optional[Path] = None) -> list:
+    """ONNX Runtime providers (with options) for a device or an explicit choice.
+
+    ``providers`` may be a list as ONNX Runtime takes it, or ``"cpu"``, ``"cuda"`` or
+    ``"tensorrt"`` (TensorRT, then CUDA, then CPU for what TensorRT leaves out).
+    """
+    available = list(ort.get_available_providers() if available is None else available)
+    device_id = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
+    if providers is None:
+        providers = "cuda" if device.startswith("cuda") else "cpu"
+    if not isinstance(providers, str):
+        chosen = list(providers)
+    elif providers in _SHORT_PROVIDERS:
+        cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+        trt_options: dict = {"device_id": device_id}  # precision: the graph's own types
+        if cache_dir is not None:
+            trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir),
+                               trt_timing_cache_enable=True, trt_timing_cache_path=str(cache_dir))
+        chosen = {"cpu": [], "cuda": [cuda],
+                  "tensorrt": [("TensorrtExecutionProvider", trt_options), cuda]}[providers]
+        chosen.append("CPUExecutionProvider")
+    else:
+        raise EngineError(f"unknown ONNX Runtime provider {providers!r} "
+                          f"(choose from {', '.join(_SHORT_PROVIDERS)})")
+    for p in chosen:
+        name = p[0] if isinstance(p, tuple) else p
+        if name not in available:
+            hint = " (install onnxruntime-gpu)" if name != "CPUExecutionProvider" else ""
+            raise EngineError(f"ONNX Runtime provider {name} is not available here{hint}; "
+                              f"available: {', '.join(available)}")
+    return chosen
+
+
+class OrtBackend:
+    """The three graphs of an engine folder as one backend: ``run(views) -> score maps``.
+
+    Graphs are loaded per mode (video clips, single images) on first use; a view set is routed to
+    the mode whose graph input shapes it matches.
+    """
+
+    def __init__(self, engine_dir: Union[str, Path], providers: Union[None, str, Sequence] = None,
+                 *, device: str = "cpu", threads: Optional[int] = None):
+        self.engine_dir = Path(engine_dir)
+        self.manifest: Manifest = load_manifest(self.engine_dir)
+        self.providers = select_providers(device, providers, cache_dir=self.engine_dir / "ort-trt")
+        self.name = "onnxruntime" if self.manifest.precision == "fp32" else \
+            f"onnxruntime-{self.manifest.precision}"
+        self.specs: dict[str, ViewSpec] = self.manifest.specs
+        self._options = ort.SessionOptions()
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options.log_severity_level = 3
+        if threads:
+            self._options.intra_op_num_threads = threads
+        self._sessions: dict[str, dict[str, ort.InferenceSession]] = {}
+        self._session_set(self.manifest.modes[0])  # load and check the video graphs now
+
+    def _session_set(self, mode: str) -> dict[str, ort.InferenceSession]:
+        if mode not in self._sessions:
+            self._sessions[mode] = {b: self._open(self.manifest.graph(mode, b)) for b in BRANCHES}
+        return self._sessions[mode]
+
+    def _open(self, graph: GraphEntry) -> ort.InferenceSession:
+        path = self.engine_dir / graph.file.path
+        try:
+            session = ort.InferenceSession(str(path), sess_options=self._options,
+                                           providers=self.providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise EngineError(f"{path}: ONNX Runtime cannot load it: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+        def signature(tensors):
+            return [(t.name, t.shape, _ORT_DTYPES.get(t.type, t.type)) for t in tensors]
+
+        check_io(graph, signature(session.get_inputs()), signature(session.get_outputs()),
+                 str(path))
+        return session
+
+    def mode_for(self, views: Mapping[str, np.ndarray]) -> str:
+        """The mode whose view inputs have these shapes (batch aside), or InputError."""
+        for mode in self.manifest.modes:
+            if all(tuple(np.shape(views[b])[1:]) ==
+                   tuple(self._view_input(self.manifest.graph(mode, b)).shape[1:])
+                   for b in BRANCHES):
+                return mode
+        got = {b: list(np.shape(views[b])) for b in BRANCHES}
+        if "image" not in self.manifest.modes and all(np.shape(views[b])[2:3] == (1,)
+                                                       for b in BRANCHES):
+            raise InputError(f"{self.engine_dir}: has no image graphs (exported with "
+                             "--no-images); export again with images to score single images")
+        want = {m: {b: list(self._view_input(self.manifest.graph(m, b)).shape) for b in BRANCHES}
+                for m in self.manifest.modes}
+        raise InputError(f"view shapes {got} match none of the engine's inputs {want} "
+                         f"({self.engine_dir / MANIFEST_FILE})")
+
+    def run(self, views: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [b for b in BRANCHES if b not in views]
+        if missing:
+            raise InputError(f"views missing for branch(es) {', '.join(missing)}")
+        mode = self.mode_for(views)
+        sessions = self._session_set(mode)
+        maps: dict[str, np.ndarray] = {}
+        produced: dict[str, np.ndarray] = {}
+        for branch in BRANCHES:  # semantic first: its sem_feats feed the other two
+            graph = self.manifest.graph(mode, branch)
+            feed = {}
+            for t in graph.inputs:
+                value = views[branch] if t.source == "view" else produced[t.source]
+                feed[t.name] = np.ascontiguousarray(value, dtype=t.dtype)
+            names = [t.name for t in graph.outputs]
+            outputs = dict(zip(names, sessions[branch].run(names, feed)))
+            for name, value in outputs.items():
+                produced[f"{branch}:{name}"] = value
+            maps[branch] = outputs["score_map"].astype(np.float32, copy=False)
+        return maps
+
+    @staticmethod
+    def _view_input(graph: GraphEntry):
+        return next(t for t in graph.inputs if t.source == "view")

@@ -1,0 +1,349 @@
+"""manifest.json: schema, file checks, graph/manifest agreement, and the ONNX Runtime backend.
+
+The engine folders here are tiny hand-made ONNX graphs with COVER's graph signatures (no torch,
+no export), so every failure mode is quick to provoke; tests/test_onnx_export.py does the same
+checks on a real export of the reference-vector model.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from cover_engine.runtime.backend_ort import OrtBackend, select_providers
+from cover_engine.runtime.constants import BRANCHES, ViewSpec, views_for_inputs
+from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.manifest import (BATCH, MANIFEST_FILE, MANIFEST_SCHEMA, SCHEMA_VERSION,
+                                           FileRef, GraphEntry, Manifest, TensorRTInfo,
+                                           TensorSpec, check_io, check_tensorrt,
+                                           engine_cache_name, load_manifest, validate,
+                                           write_manifest)
+
+T, HW, C = 2, 7, 3  # frames, grid, "feature channels" of the toy graphs
+INPUTS = {b: (1, 3, T, HW, HW) for b in BRANCHES}
+ONNX_TYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+
+
+def _toy_graph(branch: str, frames: int, dtype: str) -> tuple[onnx.ModelProto, GraphEntry]:
+    """score_map = mean over channels of the view (+ mean of sem_feats); sem_feats = spatial mean.
+
+    Inputs are ``dtype``; the score map is cast to float32, as the exported fp16 graphs do.
+    """
+    f = ONNX_TYPE[dtype]
+    view = TensorSpec("view", (BATCH, 3, frames, HW, HW), dtype, "view")
+    feats = TensorSpec("sem_feats", (BATCH, C, frames), dtype, "semantic:sem_feats")
+    score = TensorSpec("score_map", (BATCH, 1, frames, HW, HW), "float32")
+    axes = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)  # noqa: E731
+    nodes = [helper.make_node("ReduceMean", ["view", "ax1"], ["m"], keepdims=1)]
+    inits = [axes("ax1", [1])]
+    inputs, outputs = [view], [score]
+    if branch == "semantic":
+        nodes.append(helper.make_node("ReduceMean", ["view", "ax34"], ["sem_feats"], keepdims=0))
+        inits.append(axes("ax34", [3, 4]))
+        outputs.append(TensorSpec("sem_feats", feats.shape, dtype))
+        last = "m"
+    else:
+        inputs.append(feats)
+        nodes += [helper.make_node("Unsqueeze", ["sem_feats", "ax34"], ["u"]),
+                  helper.make_node("ReduceMean", ["u", "ax1"], ["s"], keepdims=1),
+                  helper.make_node("Add", ["m", "s"], ["sum"])]
+        inits.append(axes("ax34", [3, 4]))
+        last = "sum"
+    nodes.append(helper.make_node("Cast", [last], ["score_map"], to=TensorProto.FLOAT))
+
+    def info(t: TensorSpec):
+        return helper.make_tensor_value_info(t.name, ONNX_TYPE[t.dtype], list(t.shape))
+
+    model = helper.make_model(
+        helper.make_graph(nodes, branch, [info(t) for t in inputs], [info(t) for t in outputs],
+                          inits), opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    entry = GraphEntry(mode="", branch=branch, file=FileRef("", 0, "0" * 64),
+                       inputs=tuple(inputs), outputs=tuple(outputs))
+    return model, entry
+
+
+def make_engine_folder(folder: Path, precision: str = "fp32", modes=("video", "image")) -> Manifest:
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = "float16" if precision == "fp16" else "float32"
+    graphs = []
+    for mode in modes:
+        for branch in BRANCHES:
+            model, entry = _toy_graph(branch, T if mode == "video" else 1, dtype)
+            name = f"{branch}.onnx" if mode == "video" else f"{branch}-image.onnx"
+            onnx.save_model(model, str(folder / name))
+            graphs.append(replace(entry, mode=mode, file=FileRef.of(folder, folder / name)))
+    manifest = Manifest(name="toy", created="2024-01-01T00:00:00+00:00", precision=precision,
+                        opset=18, batch={"min": 1, "opt": 1, "max": 4},
+                        model={"inputs": {b: list(s) for b, s in INPUTS.items()}},
+                        views=views_for_inputs(INPUTS), weights={"random_seed": 0},
+                        tools={"cover_engine": "test", "tensorrt": None}, graphs=tuple(graphs))
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def toy_views(frames: int, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {b: rng.standard_normal((batch, 3, frames, HW, HW)).astype(np.float32)
+            for b in BRANCHES}
+
+
+def toy_maps(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the toy graphs compute, in numpy."""
+    feats = views["semantic"].mean(axis=(3, 4))
+    extra = feats.mean(axis=1)[:, None, :, None, None]
+    return {b: views[b].mean(axis=1, keepdims=True) + (0 if b == "semantic" else extra)
+            for b in BRANCHES}
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    make_engine_folder(tmp_path / "eng")
+    return tmp_path / "eng"
+
+
+def _edit_manifest(folder: Path, edit) -> None:
+    path = folder / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+# ----------------------------------------------------------------------------- schema
+
+def test_written_manifest_matches_schema_and_round_trips(folder):
+    data = json.loads((folder / MANIFEST_FILE).read_text())
+    jsonschema.Draft202012Validator.check_schema(MANIFEST_SCHEMA)
+    jsonschema.validate(data, MANIFEST_SCHEMA)
+    assert validate(data) == []
+    manifest = load_manifest(folder)
+    assert manifest.to_dict() == data
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["scores"]["overall"] == "semantic + technical + aesthetic"
+    assert data["normalisation"]["semantic"]["mean"] == list(manifest.views["semantic"].mean)
+    assert manifest.specs["technical"] == views_for_inputs(INPUTS)["technical"]
+    assert isinstance(manifest.specs["aesthetic"], ViewSpec)
+    assert manifest.engines == () and manifest.modes == ("video", "image")
+
+
+MUTATIONS = {
+    "missing key": lambda d: d.pop("tools"),
+    "extra key": lambda d: d.update(extra=1),
+    "bad dtype": lambda d: d["graphs"][0]["inputs"][0].update(dtype="int8"),
+    "bad sha256": lambda d: d["graphs"][1]["file"].update(sha256="xyz"),
+    "bad precision": lambda d: d.update(precision="int8"),
+    "negative size": lambda d: d["graphs"][2]["file"].update(bytes=-1),
+    "bad shape entry": lambda d: d["graphs"][0]["outputs"][0].update(shape=[1.5]),
+    "too few graphs": lambda d: d.update(graphs=d["graphs"][:2]),
+    "bad tensorrt": lambda d: d.update(tensorrt={"version": "10"}),
+    "bad capability": lambda d: d.update(tensorrt={"version": "10", "gpu": "x",
+                                                   "compute_capability": "sm90",
+                                                   "timing_cache": None}),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_validator_agrees_with_jsonschema(folder, mutation):
+    data = json.loads((folder / MANIFEST_FILE).read_text())
+    MUTATIONS[mutation](data)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, MANIFEST_SCHEMA)
+    assert validate(data), mutation
+    (folder / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(EngineError, match="invalid manifest"):
+        load_manifest(folder)
+
+
+# ----------------------------------------------------------------------------- bad folders
+
+def test_missing_folder_and_manifest(tmp_path):
+    with pytest.raises(EngineError, match="does not exist"):
+        load_manifest(tmp_path / "nothing")
+    with pytest.raises(EngineError, match="manifest.json: missing"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "not readable JSON"),
+    ('{"schema": "something-else", "schema_version": 1}', "not a cover-engine manifest"),
+    ("[1, 2]", "not a cover-engine manifest"),
+])
+def test_unreadable_or_foreign_manifest(folder, text, match):
+    (folder / MANIFEST_FILE).write_text(text)
+    with pytest.raises(EngineError, match=match):
+        load_manifest(folder)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_other_schema_version_is_refused(folder, version):
+    _edit_manifest(folder, lambda d: d.update(schema_version=version))
+    with pytest.raises(EngineError, match=r"schema version .* reads version 1; re-export"):
+        load_manifest(folder)
+    with pytest.raises(EngineError, match="schema version"):
+        OrtBackend(folder)
+
+
+def test_missing_graph_file(folder):
+    (folder / "technical.onnx").unlink()
+    with pytest.raises(EngineError, match=r"technical\.onnx: missing .*video/technical"):
+        load_manifest(folder)
+
+
+def test_truncated_graph_file(folder):
+    path = folder / "aesthetic-image.onnx"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(EngineError, match=r"aesthetic-image\.onnx: truncated: \d+ bytes"):
+        OrtBackend(folder)
+
+
+def test_tampered_graph_file_same_size(folder):
+    path = folder / "semantic.onnx"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match=r"semantic\.onnx: sha256 .* altered or replaced"):
+        OrtBackend(folder)
+
+
+def test_file_outside_folder_is_refused(folder, tmp_path):
+    shutil.copy(folder / "semantic.onnx", tmp_path / "outside.onnx")
+    _edit_manifest(folder, lambda d: d["graphs"][0]["file"].update(path="../outside.onnx"))
+    with pytest.raises(EngineError, match="outside the engine folder"):
+        load_manifest(folder)
+
+
+def test_incomplete_graph_set(folder):
+    def drop_image_aesthetic(d):
+        d["graphs"] = [g for g in d["graphs"] if (g["mode"], g["branch"]) != ("image", "aesthetic")]
+    _edit_manifest(folder, drop_image_aesthetic)
+    with pytest.raises(EngineError, match="image graphs are .* need one per branch"):
+        load_manifest(folder)
+
+
+def test_unknown_input_source(folder):
+    _edit_manifest(folder, lambda d: d["graphs"][1]["inputs"][1].update(source="semantic:feats"))
+    with pytest.raises(EngineError, match="reads 'semantic:feats', which no graph produces"):
+        load_manifest(folder)
+
+
+def test_graph_that_does_not_match_manifest(folder):
+    """A real, intact graph file whose inputs are not the ones the manifest lists."""
+    model, _ = _toy_graph("technical", T, "float32")
+    model.graph.input[1].name = "features"
+    for n in model.graph.node:
+        n.input[:] = ["features" if i == "sem_feats" else i for i in n.input]
+    onnx.save_model(model, str(folder / "technical.onnx"))
+    ref = FileRef.of(folder, folder / "technical.onnx")
+    _edit_manifest(folder, lambda d: next(g for g in d["graphs"] if g["mode"] == "video"
+                                          and g["branch"] == "technical")["file"]
+                   .update(ref.to_dict()))
+    load_manifest(folder)  # checksums fine: the mismatch is in the graph itself
+    with pytest.raises(EngineError, match=r"technical\.onnx: inputs \['view', 'features'\] do "
+                                          r"not match manifest\.json"):
+        OrtBackend(folder)
+
+
+def test_check_io_shapes_and_dtypes():
+    _, entry = _toy_graph("semantic", T, "float32")
+    ok_inputs = [("view", ["batch", 3, T, HW, HW], "float32")]
+    outputs = [("score_map", [None, 1, T, HW, HW], "float32"), ("sem_feats", [-1, C, T], "float32")]
+    check_io(entry, ok_inputs, outputs, "x.onnx")
+    with pytest.raises(EngineError, match=r"x\.onnx: view is float16"):
+        check_io(entry, [("view", ["batch", 3, T, HW, HW], "float16")], outputs, "x.onnx")
+    with pytest.raises(EngineError, match=r"view is float32 \['batch', 3, 5, 7, 7\]"):
+        check_io(entry, [("view", ["batch", 3, 5, HW, HW], "float32")], outputs, "x.onnx")
+    with pytest.raises(EngineError, match="view is float32 \\[2, 3"):  # batch fixed at 2
+        check_io(entry, [("view", [2, 3, T, HW, HW], "float32")], outputs, "x.onnx")
+
+
+# ----------------------------------------------------------------------------- backend
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_ort_backend_runs_both_modes(tmp_path, precision):
+    make_engine_folder(tmp_path / "eng", precision)
+    backend = OrtBackend(tmp_path / "eng")
+    assert backend.name == ("onnxruntime" if precision == "fp32" else "onnxruntime-fp16")
+    assert backend.specs["semantic"].clip_len == T
+    tol = 1e-6 if precision == "fp32" else 2e-3  # fp16 inputs: the backend casts them
+    for frames in (T, 1):
+        views = toy_views(frames, batch=3)
+        maps = backend.run(views)
+        assert backend.mode_for(views) == ("video" if frames == T else "image")
+        for b, want in toy_maps(views).items():
+            assert maps[b].dtype == np.float32 and maps[b].shape == want.shape
+            np.testing.assert_allclose(maps[b], want, atol=tol)
+
+
+def test_ort_backend_rejects_views_of_other_shapes(folder, tmp_path):
+    backend = OrtBackend(folder)
+    views = toy_views(T)
+    views["technical"] = views["technical"][:, :, :, :5]
+    with pytest.raises(InputError, match="match none of the engine's inputs"):
+        backend.run(views)
+    with pytest.raises(InputError, match="views missing .*aesthetic"):
+        backend.run({k: v for k, v in toy_views(T).items() if k != "aesthetic"})
+    make_engine_folder(tmp_path / "video-only", modes=("video",))
+    with pytest.raises(InputError, match="no image graphs"):
+        OrtBackend(tmp_path / "video-only").run(toy_views(1))
+
+
+def test_provider_selection():
+    assert select_providers("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(EngineError, match="CUDAExecutionProvider is not available.*onnxruntime-gpu"):
+        select_providers("cuda", available=["CPUExecutionProvider"])
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    chosen = select_providers("cuda:1", "tensorrt", available=gpu, cache_dir=Path("/c"))
+    assert [p[0] if isinstance(p, tuple) else p for p in chosen] == gpu
+    assert chosen[0][1]["device_id"] == 1 and chosen[0][1]["trt_engine_cache_path"] == "/c"
+    assert select_providers("cuda", available=gpu)[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    with pytest.raises(EngineError, match="unknown ONNX Runtime provider"):
+        select_providers("cpu", "vulkan")
+
+
+# ----------------------------------------------------------------------------- TensorRT, cache
+
+def test_check_tensorrt_refuses_other_builds(folder):
+    manifest = load_manifest(folder)
+    with pytest.raises(EngineError, match="no TensorRT engines.*cover-export --precision fp32"):
+        check_tensorrt(manifest, version="10.3.0", gpu="NVIDIA H100", compute_capability="9.0",
+                       folder=folder)
+    built = replace(manifest, tensorrt=TensorRTInfo("10.3.0", "NVIDIA H100", "9.0"),
+                    graphs=tuple(replace(g, engine=_fake_engine_ref(g)) for g in manifest.graphs))
+    check_tensorrt(built, version="10.3.0", gpu="NVIDIA H100", compute_capability="9.0")
+    with pytest.raises(EngineError, match=r"TensorRT 10\.3\.0, this is TensorRT 10\.8\.0; "
+                                          r"rebuild them here with `cover-export"):
+        check_tensorrt(built, version="10.8.0", gpu="NVIDIA H100", compute_capability="9.0")
+    with pytest.raises(EngineError, match=r"built for NVIDIA H100 \(compute capability 9\.0\), "
+                                          r"this GPU is NVIDIA A100 \(8\.0\); rebuild"):
+        check_tensorrt(built, version="10.3.0", gpu="NVIDIA A100", compute_capability="8.0")
+
+
+def _fake_engine_ref(graph: GraphEntry):
+    from cover_engine.runtime.manifest import EngineRef
+
+    return EngineRef(file=graph.file, profiles={t.name: {"min": t.with_batch(1),
+                                                         "opt": t.with_batch(1),
+                                                         "max": t.with_batch(4)}
+                                                for t in graph.inputs})
+
+
+def test_engine_cache_name(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"head_hidden": 16}))
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"1")
+    base = engine_cache_name()
+    assert base == engine_cache_name() and base.startswith("official-fp32-")
+    names = {base, engine_cache_name(config=cfg), engine_cache_name(precision="fp16"),
+             engine_cache_name(random_weights=True), engine_cache_name(weights=weights)}
+    assert len(names) == 5
+    before = engine_cache_name(weights=weights)
+    weights.write_bytes(b"22")  # replaced weights give a new cache entry
+    assert engine_cache_name(weights=weights) != before
