@@ -42,8 +42,11 @@ def build_model(config=None, *, weights=None, clip_weights=None, random_weights:
     else:
         from ..runtime.fetch import resolve_weights
 
-        model = load_model(cfg, resolve_weights(COVER_WEIGHTS, weights),
-                           resolve_weights(CLIP_WEIGHTS, clip_weights))
+        official = cfg == ModelConfig.official()
+        files = (resolve_weights(COVER_WEIGHTS, weights, official=official),
+                 resolve_weights(CLIP_WEIGHTS, clip_weights, official=official))
+        model = load_model(cfg, *files)
+        model.weight_files = files  # recorded in export manifests
     return model.float().eval(), cfg
 
 

@@ -143,7 +143,7 @@ def load_engines(trt, runtime, folder: Path, manifest: Manifest, mode: str) -> d
         graph = manifest.graph(mode, branch)
         if graph.engine is None:
             raise EngineError(f"{folder}: the {graph.key} graph has no TensorRT engine; rebuild "
-                              "with `cover-export --trt`")
+                              "with `cover-export --engine`")
         path = folder / graph.engine.file.path
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:

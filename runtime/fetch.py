@@ -92,11 +92,23 @@ def verify(path: PathLike, wf: WeightFile, *, full: bool = False) -> Optional[st
     return None
 
 
-def resolve_weights(wf: WeightFile, explicit: Optional[PathLike] = None) -> Path:
+def resolve_weights(wf: WeightFile, explicit: Optional[PathLike] = None, *,
+                    official: bool = True) -> Path:
     """The verified path of ``wf``: ``explicit``, else ``$wf.env``, else the cache.
 
-    Raises WeightsError naming where it looked and how to get the file.
+    Raises WeightsError naming where it looked and how to get the file. ``official=False`` is for
+    a custom-size model (``--config``): its weights must be named explicitly or by env var, and
+    only need to exist (the published checksums cannot apply to them).
     """
+    if not official:
+        named = explicit or (os.environ.get(wf.env) if wf.env else None)
+        if not named:
+            raise WeightsError(f"a custom --config needs its weights named ({wf.name}: "
+                               f"--weights/--clip-weights or ${wf.env})")
+        path = Path(named).expanduser().absolute()
+        if not path.is_file():
+            raise WeightsError(f"{path}: weight file not found")
+        return path
     if explicit is not None:
         path, origin = Path(explicit), "given explicitly"
     elif wf.env and os.environ.get(wf.env):

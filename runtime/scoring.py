@@ -78,7 +78,7 @@ def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weig
         engine_dir = Path(engines)
     cls = backend_class(backend)
     return cls(engine_dir, device=device if device.startswith("cuda") else "cuda", log=log) \
-        if backend == "tensorrt" else cls(engine_dir)
+        if backend == "tensorrt" else cls(engine_dir, device=device)
 
 
 def _tensorrt_usable(engine_dir: Path) -> bool:
