@@ -103,6 +103,13 @@ def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
                                                          random_weights=random_weights)
     if (target / "manifest.json").is_file():
         return target
+    if not random_weights:  # fail on missing weights before announcing an export
+        from .constants import CLIP_WEIGHTS, COVER_WEIGHTS
+        from .fetch import resolve_weights
+
+        official = config is None
+        resolve_weights(COVER_WEIGHTS, weights, official=official)
+        resolve_weights(CLIP_WEIGHTS, clip_weights, official=official)
     log(f"cover-run: no engines given; exporting ONNX graphs once into {target} "
         "(needs torch and the weights)")
     try:
