@@ -38,6 +38,7 @@ import contextlib
 import io
 import logging
 import platform
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ from torch import nn
 from .. import __version__
 from ..runtime.constants import BRANCHES, CLIP_WEIGHTS, COVER_WEIGHTS, views_for_inputs
 from ..runtime.errors import EngineError, WeightsError
+from ..runtime.gpu import KERNEL_DIR
+from ..runtime.gpu_views import KERNEL_FILE
 from ..runtime.manifest import (BATCH, MODES, SCORE_RULES, FileRef, GraphEntry, Manifest,
                                 TensorSpec, write_manifest, MANIFEST_FILE)
 from .config import ModelConfig
@@ -556,11 +559,14 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
         why = "--no-engine" if engines is False else precision
         log(f"{step} TensorRT engines: not built ({why})")
 
+    kernels = out_dir / KERNEL_FILE  # for a C++ host: the view kernels, as they are
+    shutil.copyfile(KERNEL_DIR / KERNEL_FILE, kernels)
     manifest = Manifest(
         name=name or out_dir.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         precision=precision, opset=opset, batch=batch, model=cfg.to_dict(),
         views=views_for_inputs(cfg.inputs), weights=weight_info, tools=tool_versions(trt_info),
-        graphs=tuple(entries), tensorrt=trt_info, scores=dict(SCORE_RULES))
+        graphs=tuple(entries), tensorrt=trt_info, scores=dict(SCORE_RULES),
+        kernels=FileRef.of(out_dir, kernels.name))
     path = write_manifest(out_dir, manifest)
     log(f"wrote {path} ({len(entries)} graphs, {precision}) in "
         f"{time.perf_counter() - started:.1f} s")

@@ -58,6 +58,35 @@ SCORE_RULES: dict[str, Any] = {
     "overall": "semantic + technical + aesthetic",
 }
 
+#: How views are made from decoded frames: what a host without this package must implement to
+#: reproduce ``cover-run`` (the CPU path in ``runtime/`` and the CUDA kernels implement exactly
+#: this; the kernel source travels in the folder, see ``kernels``).
+PREPROCESSING: dict[str, str] = {
+    "decode": "each needed frame decoded once, in presentation order; frame count n = the "
+              "stream's frame count, or counted by demuxing when the container has none",
+    "colour": "YUV -> RGB with the stream's signalled matrix (BT.601/709/2020) and range, BT.601 "
+              "limited when unsignalled; chroma nearest-neighbour; rounded to uint8; rotation "
+              "metadata ignored (as upstream's decord)",
+    "temporal": "per view, fsize_t = clip_len // t_frag, tlen = n // t_frag, high = tlen - "
+                "fsize_t * frame_interval; segment i (0 <= i < t_frag) takes frames i * tlen + r "
+                "+ k * frame_interval (0 <= k < fsize_t), modulo n, with r = high // 2 if high > 0 "
+                "else 0",
+    "image": "a still image is one frame, T = 1, for every view; run the 'image' graphs",
+    "resize": "bilinear, align_corners=False, no antialiasing, aspect ratio not kept: per axis "
+              "scale = float32(in) / float32(out), src = max(scale * (o + 0.5) - 0.5, 0), i0 = "
+              "floor(src), i1 = min(i0 + 1, in - 1), w = src - i0 (float32); width pass then "
+              "height pass, each value fma(a, 1 - w, b * w); round half to even to uint8",
+    "fragments": "grid of fragments_h x fragments_w cells: cell start min(H // fragments_h * i, "
+                 "H - fsize_h), crop fsize_h x fsize_w at start + offset, offset = (H // "
+                 "fragments_h - fsize_h) // 2 when positive else 0 (same for width); one set of "
+                 "offsets for every `aligned` frames",
+    "upsample": "frames with min(H / (fragments_h * fsize_h), W / (fragments_w * fsize_w)) < 1 "
+                "are first upsampled for the fragment view by s = 1 / ratio: out = int(n * s), "
+                "the resize rule with scale = float32(1 / s) on x / 255, then * 255 truncated to "
+                "uint8; the grid is still computed from the original size (upstream's quirk)",
+    "normalise": "float32 (x - mean) / std per RGB channel, layout (B, 3, T, H, W)",
+}
+
 _DTYPES = ("float32", "float16")
 _SHA256 = "^[0-9a-f]{64}$"
 _FILE_REF = {
@@ -89,8 +118,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "title": "cover-engine manifest",
     "type": "object",
     "required": ["schema", "schema_version", "name", "created", "precision", "opset", "batch",
-                 "model", "views", "normalisation", "scores", "weights", "tools", "graphs",
-                 "tensorrt"],
+                 "model", "views", "normalisation", "preprocessing", "scores", "weights", "tools",
+                 "graphs", "tensorrt"],
     "properties": {
         "schema": {"const": SCHEMA_ID},
         "schema_version": {"const": SCHEMA_VERSION},
@@ -119,6 +148,11 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "type": "object", "required": ["mean", "std", "input"],
                 "properties": {"mean": _NUMBERS3, "std": _NUMBERS3, "input": {"type": "string"}},
             },
+        },
+        "preprocessing": {
+            "type": "object", "required": sorted(PREPROCESSING) + ["kernels"],
+            "properties": {"kernels": {"oneOf": [{"type": "null"}, _FILE_REF]}},
+            "additionalProperties": {"type": "string"},
         },
         "scores": {
             "type": "object", "required": ["order", "branch", "overall"],
@@ -299,6 +333,8 @@ class Manifest:
     created: str = ""
     tensorrt: Optional[TensorRTInfo] = None
     scores: dict = field(default_factory=lambda: dict(SCORE_RULES))
+    #: The CUDA view kernels' source, shipped in the folder for a C++ host (None: not shipped).
+    kernels: Optional[FileRef] = None
 
     @property
     def specs(self) -> dict[str, ViewSpec]:
@@ -334,6 +370,8 @@ class Manifest:
             "normalisation": {b: {"mean": list(v.mean), "std": list(v.std),
                                   "input": "RGB 0..255 per channel; view = (x - mean) / std"}
                               for b, v in self.views.items()},
+            "preprocessing": {**PREPROCESSING,
+                              "kernels": self.kernels.to_dict() if self.kernels else None},
             "scores": self.scores,
             "weights": self.weights,
             "tools": self.tools,
@@ -349,6 +387,8 @@ class Manifest:
                    opset=d["opset"], batch=dict(d["batch"]), model=d["model"], views=views,
                    weights=d["weights"], tools=d["tools"], scores=d["scores"],
                    graphs=tuple(GraphEntry.from_dict(g) for g in d["graphs"]),
+                   kernels=(FileRef(**d["preprocessing"]["kernels"])
+                            if d["preprocessing"].get("kernels") else None),
                    tensorrt=TensorRTInfo(**d["tensorrt"]) if d["tensorrt"] else None)
 
 
@@ -405,25 +445,27 @@ def load_manifest(folder: Union[str, Path], *, verify_files: bool = True) -> Man
 def verify_manifest_files(folder: Union[str, Path], manifest: Manifest) -> None:
     """Every listed file exists inside ``folder`` with the recorded size and sha256."""
     folder = Path(folder).resolve()
-    for graph in manifest.graphs:
-        for ref in graph.files():
-            path = (folder / ref.path).resolve()
-            if folder not in path.parents:
-                raise EngineError(f"{folder / MANIFEST_FILE}: {ref.path!r} points outside the "
-                                  "engine folder")
-            if not path.is_file():
-                raise EngineError(f"{path}: missing (listed in {MANIFEST_FILE} for the "
-                                  f"{graph.key} graph)")
-            size = path.stat().st_size
-            if size != ref.bytes:
-                what = "truncated" if size < ref.bytes else "larger than recorded"
-                raise EngineError(f"{path}: {what}: {size} bytes, {MANIFEST_FILE} says "
-                                  f"{ref.bytes}; re-export the engines")
-            digest = sha256_file(path)
-            if digest != ref.sha256:
-                raise EngineError(f"{path}: sha256 {digest[:16]}... does not match "
-                                  f"{MANIFEST_FILE} ({ref.sha256[:16]}...): the file was "
-                                  "altered or replaced; re-export the engines")
+    listed = [(graph.key + " graph", ref) for graph in manifest.graphs for ref in graph.files()]
+    if manifest.kernels is not None:
+        listed.append(("preprocessing kernels", manifest.kernels))
+    for owner, ref in listed:
+        path = (folder / ref.path).resolve()
+        if folder not in path.parents:
+            raise EngineError(f"{folder / MANIFEST_FILE}: {ref.path!r} points outside the "
+                              "engine folder")
+        if not path.is_file():
+            raise EngineError(f"{path}: missing (listed in {MANIFEST_FILE} for the "
+                              f"{owner})")
+        size = path.stat().st_size
+        if size != ref.bytes:
+            what = "truncated" if size < ref.bytes else "larger than recorded"
+            raise EngineError(f"{path}: {what}: {size} bytes, {MANIFEST_FILE} says "
+                              f"{ref.bytes}; re-export the engines")
+        digest = sha256_file(path)
+        if digest != ref.sha256:
+            raise EngineError(f"{path}: sha256 {digest[:16]}... does not match "
+                              f"{MANIFEST_FILE} ({ref.sha256[:16]}...): the file was "
+                              "altered or replaced; re-export the engines")
 
 
 def check_io(graph: GraphEntry, inputs: Iterable[tuple[str, Sequence, str]],

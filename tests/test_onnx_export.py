@@ -245,6 +245,20 @@ def test_manifest_describes_the_export(fp32_dir, ref):
     assert technical["inputs"][1]["source"] == "semantic:sem_feats"
 
 
+def test_manifest_carries_preprocessing_and_kernel_source(fp32_dir, tmp_path):
+    """A host with only the folder has the sampling rules in words and the view kernels."""
+    data = json.loads((fp32_dir / MANIFEST_FILE).read_text())
+    pre = data["preprocessing"]
+    assert {"decode", "colour", "temporal", "resize", "fragments", "upsample", "normalise"} <= set(pre)
+    kernel = fp32_dir / pre["kernels"]["path"]
+    assert "cover_fragments_view" in kernel.read_text()
+    assert sha256_file(kernel) == pre["kernels"]["sha256"]
+    folder = _copy(fp32_dir, tmp_path)
+    (folder / pre["kernels"]["path"]).write_text("// edited\n")
+    with pytest.raises(EngineError, match=r"views\.cu: .*preprocessing kernels|views\.cu: (truncated|larger)"):
+        OrtBackend(folder)
+
+
 def test_external_data_graph(model, ref, tmp_path):
     plan = next(p for p in onnx_export.graph_plans(model.config, ("video",))
                 if p.branch == "aesthetic")
