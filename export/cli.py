@@ -14,6 +14,7 @@ from typing import Optional
 import click
 
 from ..runtime.errors import CoverError
+from ..runtime.fetch import weight_options
 from ..runtime.manifest import MODES
 
 
@@ -29,11 +30,7 @@ def default_name(precision: str, config: Optional[Path], random_weights: bool) -
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (default: engines/<name>/).")
 @click.option("--name", help="Export name (default: cover-<precision>).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), envvar="COVER_WEIGHTS",
-              help="COVER.pth (default: $COVER_WEIGHTS, then the cover-fetch cache).")
-@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="COVER_CLIP_WEIGHTS",
-              help="OpenAI ViT-L-14.pt (default: $COVER_CLIP_WEIGHTS, then the cache).")
+@weight_options
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
               help="Model config JSON for non-official sizes (its weights must be named).")
 @click.option("--random-weights", is_flag=True,

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Union
 
 from ..runtime.constants import BRANCHES
 from ..runtime.errors import InputError
+from ..runtime.manifest import jsonable
 
 Shape = tuple[int, ...]
 
@@ -175,7 +176,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (lists for tuples), as read back by :meth:`from_json`."""
-        d = _jsonable(asdict(self))
+        d = jsonable(asdict(self))
         if self.seed is None:
             del d["seed"]
         return d
@@ -205,13 +206,6 @@ def _no_unknown(d: Mapping[str, Any], cls, prefix: str) -> None:
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}")
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _check(ok: bool, message: str) -> None:

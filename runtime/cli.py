@@ -18,6 +18,7 @@ import click
 
 from .constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .errors import CoverError
+from .fetch import weight_options
 from .results import FileScore
 
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
@@ -63,33 +64,41 @@ def format_table(rows: list[FileScore]) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
 
 
+def scorer_options(command):
+    """The options that choose how files are scored (shared by cover-run and cover-eval)."""
+    options = [
+        click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+                     default="auto", show_default=True,
+                     help="Inference backend; auto = TensorRT if usable, else ONNX Runtime."),
+        click.option("--engines", type=click.Path(file_okay=False, path_type=Path),
+                     help="Folder written by cover-export (default: a cached export of the "
+                          "weights)."),
+        weight_options,
+        click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Model config JSON for non-official sizes (its weights must be named)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
+                     show_default=True, help="Torch backend precision (engines carry their own)."),
+        click.option("--seed", type=int, default=None,
+                     help="Random temporal/spatial offsets from this seed (default: "
+                          "deterministic middle of each range)."),
+        click.option("--clips", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Average the scores of N sampled clips."),
+        click.option("--random-weights", is_flag=True,
+                     help="Seeded random weights instead of the official ones: plumbing checks "
+                          "only, the scores mean nothing."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
-              default="auto", show_default=True,
-              help="Inference backend; auto = TensorRT if usable, else ONNX Runtime.")
-@click.option("--engines", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder written by cover-export (default: a cached export of the weights).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), envvar="COVER_WEIGHTS",
-              help="COVER.pth (default: $COVER_WEIGHTS, then the cover-fetch cache).")
-@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="COVER_CLIP_WEIGHTS",
-              help="OpenAI ViT-L-14.pt (default: $COVER_CLIP_WEIGHTS, then the cache).")
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Model config JSON for non-official sizes (torch backend and auto-export).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
-              show_default=True, help="Torch backend precision (engines carry their own).")
-@click.option("--seed", type=int, default=None,
-              help="Random temporal/spatial offsets from this seed (default: deterministic middle).")
-@click.option("--clips", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Average the scores of N sampled clips.")
+@scorer_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write rows to this CSV, row by row (appends to a matching header).")
-@click.option("--random-weights", is_flag=True,
-              help="Seeded random weights instead of the official ones: plumbing checks only, "
-                   "the scores mean nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
 def main(paths, backend, engines, weights, clip_weights, config, device, precision, seed, clips,
          as_json, csv_path, random_weights, quiet):

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Protocol, Sequence, Union
 import click
 import numpy as np
 
+from .cli import scorer_options
 from .constants import BRANCHES
 from .errors import CoverError, InputError
 from .labels import FORMATS, LabelItem, locate, read_labels
@@ -265,25 +266,7 @@ def build_scorer(**options) -> Scorer:
               help="Label format.")
 @click.option("--name-column", help="CSV column with the file names (default: name, filename, file, ...).")
 @click.option("--mos-column", help="CSV column with the MOS (default: mos, mosfull, score, label).")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
-              show_default=True, help="Inference backend; auto = TensorRT if usable, else ONNX Runtime.")
-@click.option("--engines", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder written by cover-export (default: a cached export of the weights).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), envvar="COVER_WEIGHTS",
-              help="COVER.pth (default: $COVER_WEIGHTS, then the cover-fetch cache).")
-@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path), envvar="COVER_CLIP_WEIGHTS",
-              help="OpenAI ViT-L-14.pt (default: $COVER_CLIP_WEIGHTS, then the cache).")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Model architecture JSON, for non-official models (e.g. the test vectors).")
-@click.option("--random-weights", is_flag=True,
-              help="Seeded random weights instead of the official ones: plumbing checks only.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Torch backend precision (engines carry their own).")
-@click.option("--seed", type=int,
-              help="Random temporal/spatial offsets from this seed (default: deterministic middle).")
-@click.option("--clips", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Average the scores of N sampled clips per video.")
+@scorer_options
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Per-video scores (default: LABELS_STEM.cover.csv beside the label file, "
                    "or in the current folder if that one is read-only).")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from .constants import CLIP_WEIGHTS, COVER_HOME_ENV, COVER_WEIGHTS, WeightFile
 from .errors import WeightsError
+from .durable import fsync_dir
 
 #: The files ``cover-fetch`` manages, by the short names ``--only`` and ``--url`` accept.
 FILES: dict[str, WeightFile] = {"cover": COVER_WEIGHTS, "clip": CLIP_WEIGHTS}
@@ -214,7 +215,7 @@ def _transfer(url: str, part: Path, wf: WeightFile, *, progress: bool, timeout: 
 def _install(part: Path, dest: Path, digest: str) -> None:
     """Atomically give the verified ``part`` its final name, durably, and record its digest."""
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     _write_sidecar(dest, digest)
 
 
@@ -278,18 +279,15 @@ def _write_sidecar(path: Path, digest: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable on POSIX; where a folder cannot be opened (Windows) skip it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def weight_options(command):
+    """``--weights`` / ``--clip-weights`` (with their environment variables) for a click command."""
+    command = click.option(
+        "--clip-weights", type=click.Path(dir_okay=False, path_type=Path), envvar=CLIP_WEIGHTS.env,
+        help=f"OpenAI {CLIP_WEIGHTS.name} (default: ${CLIP_WEIGHTS.env}, then the cache).")(command)
+    return click.option(
+        "--weights", type=click.Path(dir_okay=False, path_type=Path), envvar=COVER_WEIGHTS.env,
+        help=f"{COVER_WEIGHTS.name} (default: ${COVER_WEIGHTS.env}, then the cover-fetch cache)."
+    )(command)
 
 
 def _parse_urls(pairs: Sequence[str]) -> dict[str, list[str]]:

@@ -366,7 +366,7 @@ class Manifest:
             "opset": self.opset,
             "batch": dict(self.batch),
             "model": self.model,
-            "views": {b: _jsonable(v.to_dict()) for b, v in self.views.items()},
+            "views": {b: jsonable(v.to_dict()) for b, v in self.views.items()},
             "normalisation": {b: {"mean": list(v.mean), "std": list(v.std),
                                   "input": "RGB 0..255 per channel; view = (x - mean) / std"}
                               for b, v in self.views.items()},
@@ -642,9 +642,10 @@ def _dim(d: Any) -> Dim:
     return int(d)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Tuples to lists, recursively (JSON has no tuples; equality after a round trip)."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
 from .errors import InputError
+from .durable import fsync_dir
 
 #: Columns of every score CSV, in order; callers may append extra columns (``cover-eval``: mos).
 SCORE_COLUMNS: tuple[str, ...] = (
@@ -124,20 +125,6 @@ def read_rows(path) -> tuple[list[str], list[dict[str, str]]]:
     return _parse_lines(path, _decode(path, _complete_part(data)))
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a newly created file's directory entry durable (POSIX; a no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class RowLog:
     """An append-only CSV: each :meth:`append` is one line, flushed and fsynced before returning.
 
@@ -174,7 +161,7 @@ class RowLog:
         if not complete:
             self._write(_format_line(self.columns))
         if created:
-            _fsync_dir(self.path.parent.resolve())
+            fsync_dir(self.path.parent.resolve())
 
     def _write(self, line: bytes) -> None:
         self._file.write(line)
