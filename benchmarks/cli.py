@@ -231,23 +231,6 @@ class TorchProbe(Probe):
                 "torch.cuda.max_memory_allocated (peak of torch's allocator)")
 
 
-class _TimedSession:
-    """An ONNX Runtime session whose ``run`` is recorded as one stage when a timer is set."""
-
-    def __init__(self, session, stage: str, owner: "OrtProbe"):
-        self._session, self._stage, self._owner = session, stage, owner
-
-    def run(self, *args, **kwargs):
-        timer = self._owner.timer
-        if timer is None:
-            return self._session.run(*args, **kwargs)
-        with timer.section(self._stage):
-            return self._session.run(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
-
-
 class OrtProbe(Probe):
     """Each branch graph's ``session.run`` (ONNX Runtime returns host arrays: synchronous)."""
 
@@ -256,10 +239,8 @@ class OrtProbe(Probe):
     def __init__(self, backend, device: str):
         super().__init__(backend, device)
         self.timer: Optional[Timer] = None
-        # OrtBackend has no per-graph hook; its loaded sessions are wrapped in place.
-        for sessions in backend._sessions.values():
-            for branch in list(sessions):
-                sessions[branch] = _TimedSession(sessions[branch], branch, self)
+        backend.around_graph = lambda branch: (self.timer.section(branch) if self.timer
+                                               else contextlib.nullcontext())
 
     @contextlib.contextmanager
     def sections(self, timer: Timer) -> Iterator[None]:

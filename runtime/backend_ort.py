@@ -9,8 +9,9 @@ inputs and outputs against the manifest.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, ContextManager, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -80,6 +81,8 @@ class OrtBackend:
         if threads:
             self._options.intra_op_num_threads = threads
         self._sessions: dict[str, dict[str, ort.InferenceSession]] = {}
+        #: Optional ``branch -> context manager`` wrapped around each graph's run (for timing).
+        self.around_graph: Optional[Callable[[str], ContextManager]] = None
         self._session_set(self.manifest.modes[0])  # load and check the video graphs now
 
     def _session_set(self, mode: str) -> dict[str, ort.InferenceSession]:
@@ -134,7 +137,8 @@ class OrtBackend:
                 value = views[branch] if t.source == "view" else produced[t.source]
                 feed[t.name] = np.ascontiguousarray(value, dtype=t.dtype)
             names = [t.name for t in graph.outputs]
-            outputs = dict(zip(names, sessions[branch].run(names, feed)))
+            with self.around_graph(branch) if self.around_graph else contextlib.nullcontext():
+                outputs = dict(zip(names, sessions[branch].run(names, feed)))
             for name, value in outputs.items():
                 produced[f"{branch}:{name}"] = value
             maps[branch] = outputs["score_map"].astype(np.float32, copy=False)
