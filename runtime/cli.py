@@ -126,7 +126,8 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
     if len(files) > 1 and not quiet:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(files), unit="file", file=sys.stderr, dynamic_ncols=True)
+        progress = tqdm(total=len(files), unit="file", file=sys.stderr, dynamic_ncols=True,
+                        disable=not sys.stderr.isatty())
     try:
         for path in files:
             if progress is not None:
@@ -135,7 +136,10 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
                 row = scorer.score(path)
             except Exception as exc:  # one bad file never stops the batch
                 failures.append((str(path), _one_line(exc)))
-                log(f"cover-run: skipped {path}: {_one_line(exc)}")
+                why = failures[-1][1]
+                note = f"cover-run: skipped: {why}" if str(path) in why else \
+                    f"cover-run: skipped {path}: {why}"
+                progress.write(note, file=sys.stderr) if progress is not None else log(note)
             else:
                 rows.append(row)
                 if writer is not None:
@@ -154,8 +158,8 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
         click.echo(format_table(rows))
     if failures:
         click.echo(f"cover-run: {len(failures)} failed, {len(rows)} scored:", err=True)
-        for name, why in failures:
-            click.echo(f"  {name}: {why}", err=True)
+        for name, why in failures:  # messages usually name the file already
+            click.echo(f"  {why}" if name in why else f"  {name}: {why}", err=True)
         sys.exit(1)
 
 
