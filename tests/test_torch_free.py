@@ -1,0 +1,27 @@
+"""The runtime must work on a host without torch: every module imports with torch blocked."""
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import cover_engine.runtime as runtime
+
+CODE = """
+import importlib, sys
+sys.modules['torch'] = None          # any 'import torch' now raises ImportError
+for name in {modules!r}:
+    importlib.import_module(name)
+from cover_engine.runtime.backend import backend_class
+backend_class('onnxruntime')
+print('ok')
+"""
+
+
+def test_every_runtime_module_imports_without_torch():
+    modules = [f"cover_engine.runtime.{m.name}" for m in pkgutil.iter_modules(runtime.__path__)
+               if not m.ispkg]
+    assert "cover_engine.runtime.cli" in modules and len(modules) > 15
+    out = subprocess.run([sys.executable, "-c", CODE.format(modules=modules)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
