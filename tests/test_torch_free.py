@@ -9,7 +9,13 @@ import cover_engine.runtime as runtime
 
 CODE = """
 import importlib, sys
-sys.modules['torch'] = None          # any 'import torch' now raises ImportError
+
+class NoTorch:  # any 'import torch' now raises ImportError, as on a host without it
+    def find_spec(self, name, path=None, target=None):
+        if name == 'torch' or name.startswith('torch.'):
+            raise ImportError('torch is blocked in this test')
+
+sys.meta_path.insert(0, NoTorch())
 for name in {modules!r}:
     importlib.import_module(name)
 from cover_engine.runtime.backend import backend_class
