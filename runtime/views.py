@@ -160,13 +160,14 @@ def load_views(path, specs: Mapping[str, ViewSpec], *, seed: Optional[int] = Non
         return _load(path, info, specs, seed, clips, rotate), info
     except ShortVideoError as exc:
         info = replace(info, num_frames=exc.decoded, counted=True)
-    try:
-        return _load(path, info, specs, seed, clips, rotate), info
+    try:  # a damaged file: number frames as a plain decode from the start does (no seeking)
+        return _load(path, info, specs, seed, clips, rotate, seek=False), info
     except ShortVideoError as exc:
         raise InputError(f"{path}: frame count changes between reads ({exc})") from None
 
 
-def _load(path, info: MediaInfo, specs, seed, clips, rotate) -> dict[str, np.ndarray]:
+def _load(path, info: MediaInfo, specs, seed, clips, rotate,
+          seek: bool = True) -> dict[str, np.ndarray]:
     height, width = info.height, info.width
     if rotate and info.rotation % 180 == 90:
         height, width = width, height
@@ -174,7 +175,7 @@ def _load(path, info: MediaInfo, specs, seed, clips, rotate) -> dict[str, np.nda
                                            rng=clip_rng(seed, k), clip=k, clips=clips,
                                            is_image=info.is_image)) for k in range(clips)]
     for index, frame in iter_frames(path, needed_frames([a.needed for a in assemblers]),
-                                    rotate=rotate):
+                                    rotate=rotate, seek=seek):
         for assembler in assemblers:
             assembler.add(index, frame)
     views = [a.views() for a in assemblers]

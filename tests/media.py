@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import av
 import numpy as np
@@ -26,6 +26,14 @@ def flat(height: int, width: int, t: int = 0, noise: int = 0) -> np.ndarray:
     if noise:
         level += np.random.default_rng(t).integers(-noise, noise + 1, level.shape, dtype=np.int16)
     return np.clip(level, 0, 255).astype(np.uint8)
+
+
+def textured(height: int, width: int, t: int = 0, noise: int = 6) -> np.ndarray:
+    """:func:`pattern` under a seeded +-``noise`` texture: every frame differs from every other
+    (a wrong frame shows), yet consecutive frames stay alike, so encoders predict across them
+    (P- and B-frames, groups of pictures as asked) instead of starting new scenes."""
+    texture = np.random.default_rng(t).integers(-noise, noise + 1, (height, width, 3))
+    return np.clip(pattern(height, width, t) + texture, 0, 255).astype(np.uint8)
 
 
 def frame_number(rgb: np.ndarray) -> int:
@@ -88,6 +96,18 @@ def _to_yuv(frame, pix_fmt, colorspace, color_range, signal):
     if not signal:
         out.colorspace, out.color_range = 2, 0  # unspecified
     return out
+
+
+def remux(src, dst, edit: Callable[[list], Sequence]) -> Path:
+    """Copy the video packets of ``src`` (decoding order) into ``dst`` as ``edit`` returns
+    them (dropped, or stamped anew): files no encoder would write."""
+    dst = Path(dst)
+    with av.open(str(src)) as source, av.open(str(dst), "w") as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in edit([p for p in source.demux(video=0) if p.size]):
+            packet.stream = stream
+            target.mux(packet)
+    return dst
 
 
 def write_image(path, rgb: np.ndarray, *, codec: Optional[str] = None,

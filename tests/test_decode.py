@@ -8,13 +8,16 @@ import av
 import numpy as np
 import pytest
 
+from cover_engine.runtime import decode, views as views_module
 from cover_engine.runtime.colour import MATRICES, yuv_to_rgb, yuv_to_rgb_coefficients
 from cover_engine.runtime.constants import OFFICIAL_VIEWS
-from cover_engine.runtime.decode import Frame, ShortVideoError, iter_frames, probe, read_frames
+from cover_engine.runtime.decode import (Frame, ShortVideoError, frame_index, iter_frames, probe,
+                                         read_frames, seek_plan)
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.views import build_views, load_views, normalise
 
-from media import flat, frame_number, has_encoder, pattern, write_audio, write_image, write_video
+from media import (flat, frame_number, has_encoder, pattern, remux, textured, write_audio,
+                   write_image, write_video)
 
 SMALL = {"semantic": replace(OFFICIAL_VIEWS["semantic"], clip_len=4, t_frag=4, size_h=28,
                              size_w=28),
@@ -132,6 +135,219 @@ def test_rotation_is_reported_and_applied_on_request(tmp_path):
     np.testing.assert_array_equal(turned, np.rot90(plain))
     views, _ = load_views(path, SMALL, rotate=True)
     assert views["technical"].shape[-2:] == (64, 64)
+
+
+# ----------------------------------------------------------------------------- seeking
+
+GOP_10 = "keyint=10:min-keyint=10:scenecut=0:b-adapt=0"  # x264: exactly that, B-frames kept
+SEEKABLE = [  # (file, encoder, options, VFR): short GOPs, B-frames where the codec has them
+    ("h264.mp4", "libx264", {"qp": "20", "x264-params": f"{GOP_10}:bframes=3"}, False),
+    ("h264_open_gop.mkv", "libx264", {"qp": "20", "x264-params": f"{GOP_10}:bframes=3:open-gop=1"},
+     False),
+    ("hevc.mkv", "libx265", {"x265-params": "keyint=10:min-keyint=10:bframes=3:log-level=none"},
+     False),
+    ("vp9.webm", "libvpx-vp9", {"g": "10", "lag-in-frames": "16", "auto-alt-ref": "1"}, False),
+    ("mpeg4.mp4", "mpeg4", {"g": "10", "bf": "2", "qscale": "4"}, False),
+    ("mpeg4.avi", "mpeg4", {"g": "3", "bf": "2", "qscale": "4"}, False),  # indexed by dts
+    ("vfr.mp4", "libx264", {"qp": "20", "x264-params": f"{GOP_10}:bframes=2"}, True),
+    ("vfr.mkv", "libx264", {"qp": "20", "x264-params": f"{GOP_10}:bframes=2"}, True),
+]
+FRAMES = 150
+
+
+@pytest.fixture
+def decode_count(monkeypatch):
+    """Counts packets decoded and seeks made, by every path."""
+    counts = {"packets": 0, "seeks": 0}
+    decode_packet, seek = decode._decode_packet, decode._seek
+
+    def counted_decode(packet):
+        counts["packets"] += 1
+        return decode_packet(packet)
+
+    def counted_seek(*args):
+        counts["seeks"] += 1
+        return seek(*args)
+
+    monkeypatch.setattr(decode, "_decode_packet", counted_decode)
+    monkeypatch.setattr(decode, "_seek", counted_seek)
+    return counts
+
+
+def decoded(path, indices, counts, seek=True):
+    """The frames ``read_frames`` gives, and how many packets and seeks they took."""
+    counts.update(packets=0, seeks=0)
+    frames = [(i, rgb.copy()) for i, rgb in read_frames(path, indices, seek=seek)]
+    return frames, dict(counts)
+
+
+def assert_same_frames(got, want):
+    assert [i for i, _ in got] == [i for i, _ in want]
+    for (i, a), (_, b) in zip(got, want):
+        assert np.array_equal(a, b), f"frame {i} differs"
+
+
+def seekable_video(tmp_path, name, codec, options, vfr):
+    """A SEEKABLE video, 48x64 (smaller frames make this build's libx265 corrupt its heap)."""
+    if not has_encoder(codec):
+        pytest.skip(f"no {codec} encoder in this FFmpeg")
+    stamps = np.cumsum(np.random.default_rng(1).integers(1, 4, FRAMES)).tolist() if vfr else None
+    return write_video(tmp_path / name, [textured(48, 64, t) for t in range(FRAMES)],
+                       codec=codec, options=options, pts=stamps,
+                       time_base=Fraction(1, 25) if vfr else None)
+
+
+@pytest.mark.parametrize("name,codec,options,vfr", SEEKABLE)
+def test_seeking_gives_the_frames_of_the_sequential_path(tmp_path, decode_count, name, codec,
+                                                        options, vfr):
+    path = seekable_video(tmp_path, name, codec, options, vfr)
+    index = frame_index(path)
+    assert index is not None and len(index) == probe(path).num_frames == FRAMES
+    assert np.all(np.diff(index.pts) > 0) and index.keyframe[0]
+    assert np.diff(np.flatnonzero(index.keyframe)).max() <= 12  # the short GOP asked for
+    every, _ = decoded(path, range(FRAMES), decode_count, seek=False)
+    assert len({rgb.tobytes() for _, rgb in every}) > 0.9 * FRAMES  # a wrong frame would show
+    scattered = np.random.default_rng(0).choice(FRAMES, 12, replace=False).tolist()
+    for indices in ([0, FRAMES - 1], [FRAMES - 1], [3, 40, 40, 41, 42, 97, 98, 149, 3],
+                    scattered, range(0, FRAMES, 23)):
+        got, seeking = decoded(path, indices, decode_count)
+        want, sequential = decoded(path, indices, decode_count, seek=False)
+        assert_same_frames(got, want)
+        assert_same_frames(got, [every[i] for i in sorted(set(indices))])
+        assert seeking["seeks"] > 0 and seeking["packets"] < sequential["packets"], indices
+        assert sequential["seeks"] == 0
+
+
+def test_seeks_land_on_their_keyframe_by_pts_or_else_by_dts(tmp_path):
+    avi = seekable_video(tmp_path, "v.avi", *SEEKABLE[5][1:])  # AVI indexes by decoding time
+    mp4 = seekable_video(tmp_path, "v.mp4", *SEEKABLE[0][1:])
+    for path, stamps in ((avi, {"pts", "dts"}), (mp4, {"pts"})):
+        index = frame_index(path)
+        keys = np.flatnonzero(index.keyframe)
+        with decode._open(path) as (container, stream):
+            landings = [decode._landing(container, stream, index, int(key)) for key in keys]
+        assert [start for _, start in landings] == keys.tolist()
+        assert {"pts" if stamp == index.pts[key] else "dts"
+                for (stamp, _), key in zip(landings, keys)} == stamps
+        assert not np.array_equal(index.pts[keys], index.dts[keys])
+
+
+def test_load_views_seeks_and_gives_the_same_views(tmp_path, decode_count, monkeypatch):
+    path = seekable_video(tmp_path, "v.mp4", *SEEKABLE[0][1:])
+    seeking, _ = load_views(path, SMALL, clips=2)
+    packets = decode_count["packets"]
+    monkeypatch.setattr(views_module, "iter_frames",
+                        lambda *args, **kwargs: iter_frames(*args, **{**kwargs, "seek": False}))
+    decode_count["packets"] = 0
+    sequential, _ = load_views(path, SMALL, clips=2)
+    assert packets < decode_count["packets"]
+    for name in SMALL:
+        np.testing.assert_array_equal(seeking[name], sequential[name])
+
+
+def test_seek_plan_seeks_only_where_it_skips_enough():
+    def exact(key):  # every seek lands on its keyframe
+        return key
+
+    def coarse(key):  # a coarse container index lands one keyframe early
+        return key - 10
+
+    def plan(wanted, land=exact, min_skip=8):
+        return seek_plan(np.arange(0, 100, 10), wanted, land, min_skip)
+
+    assert plan([3, 4, 25, 26, 27, 58, 99]) == [None, None, 20, None, None, 50, 90]
+    assert plan([12]) == [10] and plan([9]) == [None]
+    assert plan([2, 13]) == [None, None]  # keyframe 10 is 7 frames past where decoding is
+    assert plan([1, 13]) == [None, 10]    # ... and 8 frames here
+    assert plan([5, 14, 30], min_skip=20) == [None, None, None]
+    assert plan([3, 25, 58], coarse) == [None, None, 50]
+    tried = []  # a seek that misses is not planned, and no later seek is tried
+    assert plan([25, 58, 99], tried.append) == [None] * 3 and tried == [20]
+
+
+def test_no_timestamps_means_sequential_decoding(tmp_path, decode_count):
+    frames = [textured(32, 48, t) for t in range(60)]
+    raw = write_video(tmp_path / "v.h264", frames, options={"g": "10", "bf": "2", "qp": "20"})
+    with av.open(str(raw)) as container:
+        assert any(p.pts is None for p in container.demux(video=0) if p.size)
+    assert frame_index(raw) is None
+    got, seeking = decoded(raw, [0, 30, 59], decode_count)
+    want, sequential = decoded(raw, [0, 30, 59], decode_count, seek=False)
+    assert_same_frames(got, want)
+    assert seeking == sequential and seeking["seeks"] == 0
+
+
+def test_duplicate_timestamps_mean_sequential_decoding(tmp_path, decode_count):
+    source = write_video(tmp_path / "v.mp4", [flat(32, 32, t % 12) for t in range(60)],
+                         options={"g": "10", "bf": "0", "qp": "0"})
+
+    def restamp(packets):  # Matroska takes equal timestamps: frame 31 gets frame 30's
+        for i, packet in enumerate(packets):
+            packet.pts = packet.dts = i - (i == 31)
+        return packets
+
+    dup = remux(source, tmp_path / "dup.mkv", restamp)
+    assert frame_index(dup) is None
+    got, seeking = decoded(dup, [0, 31, 45, 59], decode_count)
+    want, sequential = decoded(dup, [0, 31, 45, 59], decode_count, seek=False)
+    assert_same_frames(got, want)
+    assert [frame_number(f) for _, f in got] == [0, 31 % 12, 45 % 12, 59 % 12]
+    assert seeking == sequential
+
+
+@pytest.mark.parametrize("codec,options", [SEEKABLE[1][1:3], SEEKABLE[2][1:3]])
+def test_a_file_cut_after_an_open_keyframe_means_sequential_decoding(tmp_path, decode_count,
+                                                                     codec, options):
+    """Cut at a keyframe whose leading pictures need the frames cut off: the decoder drops
+    them, so frame 0 is the keyframe, not the first timestamp."""
+    source = seekable_video(tmp_path, "v.mkv", codec, options, False)
+    cut = remux(source, tmp_path / "cut.mkv",
+                lambda packets: packets[[p.is_keyframe for p in packets].index(True, 1):])
+    with av.open(str(cut)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    assert packets[0].is_keyframe and min(p.pts for p in packets) < packets[0].pts
+    assert frame_index(cut) is None
+    indices = [0, 30, 31, 80, 120]
+    got, seeking = decoded(cut, indices, decode_count)
+    want, sequential = decoded(cut, indices, decode_count, seek=False)
+    assert_same_frames(got, want)
+    assert seeking == sequential
+
+
+def test_a_seek_that_lands_wrong_hands_over_to_the_sequential_path(tmp_path, decode_count,
+                                                                   monkeypatch):
+    path = seekable_video(tmp_path, "v.mp4", *SEEKABLE[0][1:])
+    landing = decode._landing
+
+    def late(container, stream, index, key):  # the plan trusts it, decoding finds it wrong
+        stamp, start = landing(container, stream, index, key)
+        keys = np.flatnonzero(index.keyframe)
+        return (stamp, start) if key < 60 else (int(index.pts[keys[-1]]), start)
+
+    monkeypatch.setattr(decode, "_landing", late)
+    indices = [5, 50, 51, 100, 149]
+    got, seeking = decoded(path, indices, decode_count)
+    want, sequential = decoded(path, indices, decode_count, seek=False)
+    assert_same_frames(got, want)
+    assert seeking["packets"] > sequential["packets"]  # both paths decoded: it did hand over
+
+
+def test_a_frame_out_of_turn_hands_over_to_the_sequential_path(tmp_path, decode_count,
+                                                               monkeypatch):
+    path = seekable_video(tmp_path, "v.mp4", *SEEKABLE[0][1:])
+    index = frame_index(path)
+    key = int(np.flatnonzero(index.keyframe)[5])
+    decode_packet = decode._decode_packet  # the fixture's counting wrapper
+
+    def dropping(packet):  # a decoder that silently loses the picture 2 frames past `key`
+        return [f for f in decode_packet(packet) if f.pts != index.pts[key + 2]]
+
+    monkeypatch.setattr(decode, "_decode_packet", dropping)
+    indices = [0, key + 5]
+    got, seeking = decoded(path, indices, decode_count)
+    want, sequential = decoded(path, indices, decode_count, seek=False)
+    assert_same_frames(got, want)  # as the sequential path counts: key + 5 is key + 6's picture
+    assert seeking["packets"] > sequential["packets"]
 
 
 # ----------------------------------------------------------------------------- images
