@@ -34,11 +34,16 @@ def resolve_config(config: Union[None, str, Path, dict, ModelConfig]) -> ModelCo
 
 def build_model(config=None, *, weights=None, clip_weights=None, random_weights: bool = False,
                 seed: int = 0) -> tuple[COVER, ModelConfig]:
-    """The float32 eval-mode model, with official weights or (for speed tests) seeded random ones."""
+    """The float32 eval-mode model, with official weights or (for speed tests) seeded random ones.
+
+    With real weights, ``model.weight_files`` holds the two resolved paths (export manifests
+    record their checksums); with random weights it is None.
+    """
     cfg = resolve_config(config)
     if random_weights:
         torch.manual_seed(seed)
         model = COVER(cfg)
+        model.weight_files = None
     else:
         from ..runtime.fetch import resolve_weights
 
@@ -46,7 +51,7 @@ def build_model(config=None, *, weights=None, clip_weights=None, random_weights:
         files = (resolve_weights(COVER_WEIGHTS, weights, official=official),
                  resolve_weights(CLIP_WEIGHTS, clip_weights, official=official))
         model = load_model(cfg, *files)
-        model.weight_files = files  # recorded in export manifests
+        model.weight_files = files
     return model.float().eval(), cfg
 
 
