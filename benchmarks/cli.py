@@ -34,12 +34,12 @@ import click
 import numpy as np
 
 from .. import __version__
-from ..runtime.constants import BRANCHES, ViewSpec, views_for_inputs
-from ..runtime import decode
-from ..runtime.errors import CoverError, InputError
-from ..runtime.sampling import needed_frames
-from ..runtime.scoring import branch_scores
-from ..runtime.views import ViewAssembler, load_views, normalise, plan_views
+from cover_engine.runtime.constants import BRANCHES, ViewSpec, views_for_inputs
+from cover_engine.runtime.media import decode
+from cover_engine.runtime.errors import CoverError, InputError
+from cover_engine.runtime.views.sampling import needed_frames
+from cover_engine.runtime.scoring import branch_scores
+from cover_engine.runtime.views.assemble import ViewAssembler, load_views, normalise, plan_views
 from . import report as rep
 from .clips import parse_resolution, write_clip
 from .stages import (CpuClock, CudaStreamClock, Timer, TorchCudaClock, host_peak_bytes,
@@ -58,7 +58,7 @@ Log = Callable[[str], None]
 def clip_cache_dir() -> Path:
     """Generated clips live beside cover-fetch's cache, in ``bench-clips/``."""
     try:
-        from ..runtime.fetch import cache_dir
+        from cover_engine.runtime.fetch import cache_dir
     except ImportError:
         return Path.home() / ".cache" / "cover-engine" / "bench-clips"
     return cache_dir() / "bench-clips"
@@ -269,7 +269,7 @@ class TrtProbe(Probe):
         self.clock = CudaStreamClock()
 
     def extra(self, views: Mapping[str, np.ndarray], timer: Timer) -> None:
-        from ..runtime.errors import EngineError
+        from cover_engine.runtime.errors import EngineError
 
         backend = self.backend
         mode = backend.mode_for(views)
@@ -320,7 +320,7 @@ def skip_reason(name: str, ctx: Context) -> Optional[str]:
         if not _importable("tensorrt"):
             return "the tensorrt package is not installed (pip install 'cover-engine[trt]')"
     if name in ("onnxruntime", "tensorrt") and ctx.engines is not None:
-        from ..runtime.manifest import load_manifest
+        from cover_engine.runtime.engines.manifest import load_manifest
 
         manifest = load_manifest(ctx.engines)
         if manifest.model != ctx.config.to_dict():
@@ -339,12 +339,12 @@ def make_probe(name: str, ctx: Context) -> Probe:
                                        precision=name.split("-")[1], model=ctx.model()),
                           ctx.device)
     if name == "onnxruntime":
-        from ..runtime.backend_ort import OrtBackend
+        from cover_engine.runtime.engines.ort_runner import OrtBackend
 
         return OrtProbe(OrtBackend(ctx.engine_dir("fp32", tensorrt=False), device=ctx.device,
                                    threads=ctx.threads), ctx.device)
     if name == "tensorrt":
-        from ..runtime.backend_trt import TrtBackend
+        from cover_engine.runtime.engines.trt_runner import TrtBackend
 
         return TrtProbe(TrtBackend(ctx.engine_dir("fp16", tensorrt=True), device=ctx.device,
                                    log=ctx.log), ctx.device)
@@ -673,8 +673,8 @@ def run_bench(*, input_path: Optional[Path], resolution: str, frames: int, codec
     cfg = resolve_config(config)
     if weights is not None:  # fail now, not after the first rows
         from ..export.config import ModelConfig
-        from ..runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
-        from ..runtime.fetch import resolve_weights
+        from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
+        from cover_engine.runtime.fetch import resolve_weights
 
         official = cfg == ModelConfig.official()
         weights = resolve_weights(COVER_WEIGHTS, weights, official=official)

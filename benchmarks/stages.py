@@ -81,7 +81,7 @@ class CudaStreamClock:
         self.stream = stream
 
     def mark(self):
-        from ..runtime import gpu
+        from cover_engine.runtime.gpu import cuda as gpu
 
         return gpu.Event(timing=True).record(self.stream)
 

@@ -14,8 +14,8 @@ from typing import Mapping, Optional, Union
 import numpy as np
 import torch
 
-from ..runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS, ViewSpec, views_for_inputs
-from ..runtime.errors import CoverError
+from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS, ViewSpec, views_for_inputs
+from cover_engine.runtime.errors import CoverError
 from .config import ModelConfig
 from .cover import COVER
 from .weights import load_model
@@ -45,7 +45,7 @@ def build_model(config=None, *, weights=None, clip_weights=None, random_weights:
         model = COVER(cfg)
         model.weight_files = None
     else:
-        from ..runtime.fetch import resolve_weights
+        from cover_engine.runtime.fetch import resolve_weights
 
         official = cfg == ModelConfig.official()
         files = (resolve_weights(COVER_WEIGHTS, weights, official=official),

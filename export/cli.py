@@ -13,9 +13,9 @@ from typing import Optional
 
 import click
 
-from ..runtime.errors import CoverError
-from ..runtime.fetch import weight_options
-from ..runtime.manifest import MODES
+from cover_engine.runtime.errors import CoverError
+from cover_engine.runtime.fetch import weight_options
+from cover_engine.runtime.engines.manifest import MODES
 
 
 def default_name(precision: str, config: Optional[Path], random_weights: bool) -> str:

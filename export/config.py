@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from ..runtime.constants import BRANCHES
-from ..runtime.errors import InputError
-from ..runtime.manifest import jsonable
+from cover_engine.runtime.constants import BRANCHES
+from cover_engine.runtime.errors import InputError
+from cover_engine.runtime.engines.manifest import jsonable
 
 Shape = tuple[int, ...]
 

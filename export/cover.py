@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime.constants import BRANCHES
+from cover_engine.runtime.constants import BRANCHES
 from . import swin3d
 from .clip_vit import ClipVisionTower
 from .config import ModelConfig

@@ -54,11 +54,11 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from .. import __version__
-from ..runtime.constants import BRANCHES, CLIP_WEIGHTS, COVER_WEIGHTS, views_for_inputs
-from ..runtime.errors import EngineError, WeightsError
-from ..runtime.gpu import KERNEL_DIR
-from ..runtime.gpu_views import KERNEL_FILE
-from ..runtime.manifest import (BATCH, MODES, SCORE_RULES, FileRef, GraphEntry, Manifest,
+from cover_engine.runtime.constants import BRANCHES, CLIP_WEIGHTS, COVER_WEIGHTS, views_for_inputs
+from cover_engine.runtime.errors import EngineError, WeightsError
+from cover_engine.runtime.gpu.cuda import KERNEL_DIR
+from cover_engine.runtime.gpu.pipeline import KERNEL_FILE
+from cover_engine.runtime.engines.manifest import (BATCH, MODES, SCORE_RULES, FileRef, GraphEntry, Manifest,
                                 TensorSpec, write_manifest, MANIFEST_FILE)
 from .config import ModelConfig
 from .convnext3d import LayerNormChannelsFirst
@@ -602,7 +602,7 @@ def _load(cfg, official, weights, clip_weights, random_weights, seed):
 
 
 def _weight_info(official, cover_path, clip_path) -> dict:
-    from ..runtime.manifest import sha256_file
+    from cover_engine.runtime.engines.manifest import sha256_file
 
     info = {}
     for key, wf, path in (("cover", COVER_WEIGHTS, cover_path), ("clip", CLIP_WEIGHTS, clip_path)):

@@ -17,7 +17,7 @@ ONNX file, make a builder config, build a serialized engine, save it.
 
 The GPU name, compute capability and TensorRT version go into the manifest: an engine only runs
 on the GPU model and TensorRT version it was built with, and the runtime refuses others
-(:func:`~cover_engine.runtime.manifest.check_tensorrt`).
+(:func:`~cover_engine.runtime.engines.manifest.check_tensorrt`).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
-from ..runtime.errors import EngineError
-from ..runtime.manifest import EngineRef, FileRef, GraphEntry, TensorRTInfo, TensorSpec
+from cover_engine.runtime.errors import EngineError
+from cover_engine.runtime.engines.manifest import EngineRef, FileRef, GraphEntry, TensorRTInfo, TensorSpec
 
 PROFILE_KEYS = ("min", "opt", "max")
 
@@ -52,7 +52,7 @@ def profile_shapes(inputs: Sequence[TensorSpec], batch: Mapping[str, int]) -> Pr
 def device_info(device: int = 0) -> tuple[str, str]:
     """``(GPU name, "major.minor" compute capability)`` of the build GPU."""
     try:
-        from ..runtime import gpu
+        from cover_engine.runtime.gpu import cuda as gpu
 
         name, (major, minor) = gpu.device_name(device), gpu.compute_capability(device)
     except Exception:  # no cuda-python: torch knows the same device

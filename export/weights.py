@@ -18,7 +18,7 @@ from typing import Mapping, Union
 
 import torch
 
-from ..runtime.errors import WeightsError
+from cover_engine.runtime.errors import WeightsError
 from .config import ModelConfig
 from .cover import COVER
 

@@ -34,9 +34,9 @@ from typing import Optional, Sequence, Union
 import click
 from tqdm import tqdm
 
-from .constants import CLIP_WEIGHTS, COVER_HOME_ENV, COVER_WEIGHTS, WeightFile
-from .errors import WeightsError
-from .durable import fsync_dir
+from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_HOME_ENV, COVER_WEIGHTS, WeightFile
+from cover_engine.runtime.errors import WeightsError
+from cover_engine.runtime.durable import fsync_dir
 
 #: The files ``cover-fetch`` manages, by the short names ``--only`` and ``--url`` accept.
 FILES: dict[str, WeightFile] = {"cover": COVER_WEIGHTS, "clip": CLIP_WEIGHTS}

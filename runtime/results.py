@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .errors import InputError
-from .durable import fsync_dir
+from cover_engine.runtime.errors import InputError
+from cover_engine.runtime.durable import fsync_dir
 
 #: Columns of every score CSV, in order; callers may append extra columns (``cover-eval``: mos).
 SCORE_COLUMNS: tuple[str, ...] = (

@@ -13,10 +13,10 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .backend import Backend, backend_class
-from .constants import BRANCHES
-from .results import FileScore
-from .views import load_views
+from cover_engine.runtime.engines.base import Backend, backend_class
+from cover_engine.runtime.constants import BRANCHES
+from cover_engine.runtime.results import FileScore
+from cover_engine.runtime.views.assemble import load_views
 
 
 def branch_scores(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -87,7 +87,7 @@ def _tensorrt_usable(engine_dir: Path) -> bool:
         import tensorrt  # noqa: F401
     except ImportError:
         return False
-    from .manifest import load_manifest
+    from cover_engine.runtime.engines.manifest import load_manifest
 
     return bool(load_manifest(engine_dir).engines)
 
@@ -95,8 +95,8 @@ def _tensorrt_usable(engine_dir: Path) -> bool:
 def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
                           random_weights: bool = False, log=print) -> Path:
     """The cached ONNX export for these settings, exported now if missing."""
-    from .fetch import cache_dir
-    from .manifest import engine_cache_name
+    from cover_engine.runtime.fetch import cache_dir
+    from cover_engine.runtime.engines.manifest import engine_cache_name
 
     target = cache_dir() / "engines" / engine_cache_name(weights=weights, clip_weights=clip_weights,
                                                          config=config,
@@ -104,8 +104,8 @@ def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
     if (target / "manifest.json").is_file():
         return target
     if not random_weights:  # fail on missing weights before announcing an export
-        from .constants import CLIP_WEIGHTS, COVER_WEIGHTS
-        from .fetch import resolve_weights
+        from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
+        from cover_engine.runtime.fetch import resolve_weights
 
         official = config is None
         resolve_weights(COVER_WEIGHTS, weights, official=official)
@@ -113,9 +113,9 @@ def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
     log(f"cover-run: no engines given; exporting ONNX graphs once into {target} "
         "(needs torch and the weights)")
     try:
-        from ..export.onnx_export import export_all
+        from cover_engine.export.onnx_export import export_all
     except ImportError as exc:
-        from .errors import EngineError
+        from cover_engine.runtime.errors import EngineError
 
         raise EngineError(f"no engines at hand and the exporter cannot run here ({exc}); "
                           "run `cover-export` on a machine with torch, then "
@@ -141,7 +141,7 @@ class GpuScorer:
     """The GPU path: NVDEC decoding and the view kernels feeding TensorRT (see ``gpu_views``)."""
 
     def __init__(self, backend: Backend, *, seed: Optional[int] = None, clips: int = 1, log=print):
-        from .gpu_views import GpuPipeline
+        from cover_engine.runtime.gpu.pipeline import GpuPipeline
 
         self.pipeline = GpuPipeline(backend, log=log)
         self.name = backend.name

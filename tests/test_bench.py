@@ -18,7 +18,7 @@ from cover_engine.bench.stages import (Stats, Timer, module_sections, summarise,
                                        vit_flops_per_frame)
 from cover_engine.export.config import ModelConfig
 from cover_engine.runtime.constants import views_for_inputs
-from cover_engine.runtime.views import load_views
+from cover_engine.runtime.views.assemble import load_views
 
 
 class FakeClock:

@@ -8,13 +8,14 @@ import av
 import numpy as np
 import pytest
 
-from cover_engine.runtime import decode, views as views_module
-from cover_engine.runtime.colour import MATRICES, yuv_to_rgb, yuv_to_rgb_coefficients
+from cover_engine.runtime.media import decode
+from cover_engine.runtime.views import assemble as views_module
+from cover_engine.runtime.media.colour import MATRICES, yuv_to_rgb, yuv_to_rgb_coefficients
 from cover_engine.runtime.constants import OFFICIAL_VIEWS
-from cover_engine.runtime.decode import (Frame, ShortVideoError, frame_index, iter_frames, probe,
+from cover_engine.runtime.media.decode import (Frame, ShortVideoError, frame_index, iter_frames, probe,
                                          read_frames, seek_plan)
 from cover_engine.runtime.errors import InputError
-from cover_engine.runtime.views import build_views, load_views, normalise
+from cover_engine.runtime.views.assemble import build_views, load_views, normalise
 
 from media import (flat, frame_number, has_encoder, pattern, remux, textured, write_audio,
                    write_image, write_video)

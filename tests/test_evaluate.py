@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from cover_engine.runtime import evaluate as ev
+from cover_engine.runtime.eval import evaluate as ev
 from cover_engine.runtime.errors import CoverError, EngineError, InputError
-from cover_engine.runtime.labels import LabelItem, locate, read_labels
+from cover_engine.runtime.eval.labels import LabelItem, locate, read_labels
 from cover_engine.runtime.results import SCORE_COLUMNS, FileScore, RowLog, read_rows
 
 # ---------------------------------------------------------------------------------------------
@@ -250,8 +250,8 @@ def test_evaluate_resumes_after_a_crash(tmp_path):
 
 KILLED_RUN = """
 import os, signal, sys
-from cover_engine.runtime.evaluate import evaluate
-from cover_engine.runtime.labels import read_labels
+from cover_engine.runtime.eval.evaluate import evaluate
+from cover_engine.runtime.eval.labels import read_labels
 from cover_engine.runtime.results import FileScore
 
 class Dies:

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from media import pattern, write_video
 
-from cover_engine.runtime import backend_trt as bt
-from cover_engine.runtime import gpu
+from cover_engine.runtime.engines import trt_runner as bt
+from cover_engine.runtime.gpu import cuda as gpu
 from cover_engine.runtime.constants import views_for_inputs
 from cover_engine.runtime.errors import EngineError, InputError
-from cover_engine.runtime.manifest import (BATCH, EngineRef, FileRef, GraphEntry, Manifest,
+from cover_engine.runtime.engines.manifest import (BATCH, EngineRef, FileRef, GraphEntry, Manifest,
                                            TensorRTInfo, TensorSpec, load_manifest,
                                            write_manifest)
 
@@ -311,8 +311,8 @@ def test_gpu_modules_import_nothing_heavy_until_used():
     """TensorRT, cuda-python, PyNvVideoCodec (and torch, never) load only when a GPU object is
     made, so these modules import on any host."""
     code = ("import sys\n"
-            "import cover_engine.runtime.backend_trt, cover_engine.runtime.gpu_views, "
-            "cover_engine.runtime.nvdec, cover_engine.runtime.gpu\n"
+            "import cover_engine.runtime.engines.trt_runner, cover_engine.runtime.gpu.pipeline, "
+            "cover_engine.runtime.gpu.nvdec, cover_engine.runtime.gpu.cuda\n"
             "print(sorted(m for m in ('tensorrt', 'cuda', 'cuda.bindings', 'PyNvVideoCodec', "
             "'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -424,8 +424,8 @@ def test_an_input_no_engine_produces_is_refused(folder):
 
 
 def test_nvdec_refusals_need_no_gpu(tmp_path):
-    from cover_engine.runtime.decode import MediaInfo
-    from cover_engine.runtime.nvdec import nvdec_refusal
+    from cover_engine.runtime.media.decode import MediaInfo
+    from cover_engine.runtime.gpu.nvdec import nvdec_refusal
 
     base = dict(path="x.mp4", num_frames=10, width=64, height=48, fps=25.0, codec="h264",
                 pix_fmt="yuv420p", bit_depth=8, matrix="bt601", full_range=False, rotation=0,
@@ -439,7 +439,7 @@ def test_nvdec_refusals_need_no_gpu(tmp_path):
 
 
 def test_decoded_frame_planes_are_read_from_the_cuda_array_interface():
-    from cover_engine.runtime.nvdec import NvdecUnavailable, frame_planes
+    from cover_engine.runtime.gpu.nvdec import NvdecUnavailable, frame_planes
 
     def plane(ptr, shape, strides, typestr):
         return types.SimpleNamespace(__cuda_array_interface__={
@@ -461,7 +461,7 @@ def test_decoded_frame_planes_are_read_from_the_cuda_array_interface():
 
 
 def test_frame_buffer_rows_are_aligned():
-    from cover_engine.runtime.nvdec import frame_buffer_layout
+    from cover_engine.runtime.gpu.nvdec import frame_buffer_layout
 
     pitch, luma, total = frame_buffer_layout(1080, 1920, 2)
     assert pitch == 3840 and luma == 3840 * 1080 and total == 3840 * (1080 + 540)
@@ -537,8 +537,8 @@ class HostDecoder:
     def decode(self, path, indices, info, *, stream):
         import av
 
-        from cover_engine.runtime.colour import yuv_to_rgb_coefficients
-        from cover_engine.runtime.gpu_views import HostFrames, semi_planar
+        from cover_engine.runtime.media.colour import yuv_to_rgb_coefficients
+        from cover_engine.runtime.gpu.pipeline import HostFrames, semi_planar
 
         wanted, planes = [int(i) for i in indices], {}
         self.calls.append(wanted)
@@ -563,7 +563,7 @@ class EmulatedKernels:
         pass
 
     def launch(self, frames, tables, out_ptr, out_dtype, out_shape, stream):
-        from cover_engine.runtime.gpu_views import emulate_view
+        from cover_engine.runtime.gpu.pipeline import emulate_view
 
         count = int(np.prod(out_shape))
         out = np.ctypeslib.as_array((ctypes.c_float * count).from_address(out_ptr))
@@ -574,9 +574,9 @@ class EmulatedKernels:
 def test_gpu_pipeline_wiring_gives_the_cpu_scores(fake_gpu, folder, tmp_path, monkeypatch):
     """Plans, frame slots, per-view tables and view buffers of the fast path, with NVDEC and the
     kernels replaced by host stand-ins: the scores are the CPU path's."""
-    from cover_engine.runtime import gpu_views, nvdec
+    from cover_engine.runtime.gpu import nvdec, pipeline as gpu_views
     from cover_engine.runtime.scoring import branch_scores
-    from cover_engine.runtime.views import load_views
+    from cover_engine.runtime.views.assemble import load_views
 
     monkeypatch.setattr(gpu_views, "ViewKernels", EmulatedKernels)
     monkeypatch.setattr(nvdec, "import_pynvvideocodec", lambda: None)
@@ -597,7 +597,7 @@ def test_gpu_pipeline_wiring_gives_the_cpu_scores(fake_gpu, folder, tmp_path, mo
 
 def test_gpu_pipeline_falls_back_to_the_cpu_with_one_notice(fake_gpu, folder, tmp_path,
                                                             monkeypatch):
-    from cover_engine.runtime import gpu_views, nvdec
+    from cover_engine.runtime.gpu import nvdec, pipeline as gpu_views
 
     class Refusing:
         def decode(self, path, indices, info, *, stream):
@@ -662,7 +662,7 @@ def trt_folder(tmp_path_factory, vectors_dir):
 
 @pytest.mark.gpu
 def test_tensorrt_matches_onnxruntime_and_replays_graphs(trt_folder, vectors_dir):
-    from cover_engine.runtime.backend_ort import OrtBackend
+    from cover_engine.runtime.engines.ort_runner import OrtBackend
 
     io = np.load(vectors_dir / "model" / "io.npz")
     views = {b: np.concatenate([io[f"video/input/{b}"]] * 2) for b in ("semantic", "technical",
@@ -687,8 +687,8 @@ def test_tensorrt_matches_onnxruntime_and_replays_graphs(trt_folder, vectors_dir
 
 @pytest.mark.gpu
 def test_nvdec_pipeline_scores_like_the_cpu_path(trt_folder, tmp_path):
-    from cover_engine.runtime.backend_ort import OrtBackend
-    from cover_engine.runtime.gpu_views import GpuPipeline
+    from cover_engine.runtime.engines.ort_runner import OrtBackend
+    from cover_engine.runtime.gpu.pipeline import GpuPipeline
     from cover_engine.runtime.scoring import Scorer
 
     path = _encode_h264(tmp_path / "clip.mp4", frames=40)

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 from media import has_encoder, pattern, write_video
 
-from cover_engine.runtime import gpu
-from cover_engine.runtime.colour import yuv_to_rgb, yuv_to_rgb_coefficients
+from cover_engine.runtime.gpu import cuda as gpu
+from cover_engine.runtime.media.colour import yuv_to_rgb, yuv_to_rgb_coefficients
 from cover_engine.runtime.constants import OFFICIAL_VIEWS, ViewSpec
-from cover_engine.runtime.decode import probe
-from cover_engine.runtime.gpu_views import (HostFrames, RgbFrames, _packed_tables, emulate_levels,
+from cover_engine.runtime.media.decode import probe
+from cover_engine.runtime.gpu.pipeline import (HostFrames, RgbFrames, _packed_tables, emulate_levels,
                                             emulate_view, semi_planar, view_tables)
-from cover_engine.runtime.sampling import clip_rng, needed_frames
-from cover_engine.runtime.views import build_views, load_views, plan_views
+from cover_engine.runtime.views.sampling import clip_rng, needed_frames
+from cover_engine.runtime.views.assemble import build_views, load_views, plan_views
 
 KERNELS = sorted(gpu.KERNEL_DIR.glob("*.cu"))
 NVCC = shutil.which("nvcc")
@@ -320,7 +320,7 @@ def test_launch_arguments_follow_the_kernel_signatures(monkeypatch, size):
     table pointer points at that parameter's table (matched by the parameter's name)."""
     from types import SimpleNamespace
 
-    from cover_engine.runtime.gpu_views import ViewKernels
+    from cover_engine.runtime.gpu.pipeline import ViewKernels
 
     monkeypatch.setattr(gpu, "DeviceBuffer", _HostBuffer)
     kernels = ViewKernels.__new__(ViewKernels)
@@ -387,8 +387,8 @@ def _levels(normalised: np.ndarray, spec: ViewSpec) -> np.ndarray:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_gpu_kernels_make_the_cpu_views(video, dtype):
-    from cover_engine.runtime.gpu_views import ViewKernels
-    from cover_engine.runtime.nvdec import upload_frames
+    from cover_engine.runtime.gpu.pipeline import ViewKernels
+    from cover_engine.runtime.gpu.nvdec import upload_frames
 
     info = probe(video)
     plans, needed = _plans(info, seed=3, clips=2)
@@ -417,7 +417,7 @@ def test_gpu_kernels_make_the_cpu_views(video, dtype):
 
 @pytest.mark.gpu
 def test_nvdec_frames_equal_pyav_frames(video):
-    from cover_engine.runtime.nvdec import NvdecDecoder, NvdecUnavailable, nvdec_refusal
+    from cover_engine.runtime.gpu.nvdec import NvdecDecoder, NvdecUnavailable, nvdec_refusal
 
     info = probe(video)
     reason = nvdec_refusal(info)

@@ -17,10 +17,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from cover_engine.runtime.backend_ort import OrtBackend, select_providers
+from cover_engine.runtime.engines.ort_runner import OrtBackend, select_providers
 from cover_engine.runtime.constants import BRANCHES, ViewSpec, views_for_inputs
 from cover_engine.runtime.errors import EngineError, InputError
-from cover_engine.runtime.manifest import (BATCH, MANIFEST_FILE, MANIFEST_SCHEMA, SCHEMA_VERSION,
+from cover_engine.runtime.engines.manifest import (BATCH, MANIFEST_FILE, MANIFEST_SCHEMA, SCHEMA_VERSION,
                                            FileRef, GraphEntry, Manifest, TensorRTInfo,
                                            TensorSpec, check_io, check_tensorrt,
                                            engine_cache_name, load_manifest, validate,
@@ -326,7 +326,7 @@ def test_check_tensorrt_refuses_other_builds(folder):
 
 
 def _fake_engine_ref(graph: GraphEntry):
-    from cover_engine.runtime.manifest import EngineRef
+    from cover_engine.runtime.engines.manifest import EngineRef
 
     return EngineRef(file=graph.file, profiles={t.name: {"min": t.with_batch(1),
                                                          "opt": t.with_batch(1),

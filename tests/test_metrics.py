@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from cover_engine.runtime.metrics import (
+from cover_engine.runtime.eval.metrics import (
     PERCENT_CENTER,
     FitError,
     compute_metrics,

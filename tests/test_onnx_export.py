@@ -26,10 +26,10 @@ from cover_engine.export.backend_torch import TorchBackend
 from cover_engine.export.cli import main as export_main
 from cover_engine.export.config import ModelConfig
 from cover_engine.export.weights import load_model
-from cover_engine.runtime.backend_ort import OrtBackend
+from cover_engine.runtime.engines.ort_runner import OrtBackend
 from cover_engine.runtime.constants import BRANCHES
 from cover_engine.runtime.errors import EngineError
-from cover_engine.runtime.manifest import (MANIFEST_FILE, MANIFEST_SCHEMA, FileRef, load_manifest,
+from cover_engine.runtime.engines.manifest import (MANIFEST_FILE, MANIFEST_SCHEMA, FileRef, load_manifest,
                                            sha256_file, write_manifest)
 from cover_engine.runtime.scoring import branch_scores
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from cover_engine.runtime.constants import ViewSpec
-from cover_engine.runtime.geometry import fragment_grid
-from cover_engine.runtime.sampling import frame_indices
-from cover_engine.runtime.views import build_views
+from cover_engine.runtime.views.geometry import fragment_grid
+from cover_engine.runtime.views.sampling import frame_indices
+from cover_engine.runtime.views.assemble import build_views
 
 pytestmark = pytest.mark.vectors
 

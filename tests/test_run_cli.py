@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cover_engine.bench.clips import write_clip
-from cover_engine.runtime.cli import expand_inputs, format_table, main
+from cover_engine.runtime.cli.run import expand_inputs, format_table, main
 from cover_engine.runtime.results import FileScore
 
 REPO = Path(__file__).resolve().parent.parent

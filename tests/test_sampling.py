@@ -6,9 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cover_engine.runtime import geometry, resize, sampling
+from cover_engine.runtime.views import geometry, resize, sampling
 from cover_engine.runtime.constants import OFFICIAL_VIEWS
-from cover_engine.runtime.views import ViewAssembler, build_views, normalise, plan_views
+from cover_engine.runtime.views.assemble import ViewAssembler, build_views, normalise, plan_views
 
 SEMANTIC, TECHNICAL, AESTHETIC = (OFFICIAL_VIEWS[n] for n in ("semantic", "technical", "aesthetic"))
 

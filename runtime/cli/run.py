@@ -16,10 +16,10 @@ from typing import Iterable, Optional
 
 import click
 
-from .constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from .errors import CoverError
-from .fetch import weight_options
-from .results import FileScore
+from cover_engine.runtime.constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from cover_engine.runtime.errors import CoverError
+from cover_engine.runtime.fetch import weight_options
+from cover_engine.runtime.results import FileScore
 
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 COLUMNS = ("semantic", "technical", "aesthetic", "overall")
@@ -108,8 +108,8 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
     Scores are COVER's raw outputs: unbounded, and negative values are normal. A file that
     cannot be read is reported and the batch goes on; the exit code is 1 if any file failed.
     """
-    from .results import ScoreCsvWriter
-    from .scoring import make_scorer
+    from cover_engine.runtime.results import ScoreCsvWriter
+    from cover_engine.runtime.scoring import make_scorer
 
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     files, failures = expand_inputs(paths)

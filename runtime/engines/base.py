@@ -12,14 +12,14 @@ from typing import Mapping, Optional, Protocol
 
 import numpy as np
 
-from .constants import ViewSpec
-from .errors import CoverError
+from cover_engine.runtime.constants import ViewSpec
+from cover_engine.runtime.errors import CoverError
 
 #: name -> "module:Class"; modules are imported only when the backend is asked for.
 BACKENDS: dict[str, str] = {
     "torch": "cover_engine.export.backend_torch:TorchBackend",
-    "onnxruntime": "cover_engine.runtime.backend_ort:OrtBackend",
-    "tensorrt": "cover_engine.runtime.backend_trt:TrtBackend",
+    "onnxruntime": "cover_engine.runtime.engines.ort_runner:OrtBackend",
+    "tensorrt": "cover_engine.runtime.engines.trt_runner:TrtBackend",
 }
 
 

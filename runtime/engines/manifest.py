@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-from .constants import BRANCHES, ViewSpec
-from .errors import EngineError
+from cover_engine.runtime.constants import BRANCHES, ViewSpec
+from cover_engine.runtime.errors import EngineError
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_ID = "cover-engine-manifest"
@@ -514,7 +514,7 @@ def engine_cache_name(*, weights=None, clip_weights=None, config=None,
     Explicit weight paths enter by absolute path, size and modification time, so replacing a file
     gives a new name; the default (verified) weights enter by their official checksums.
     """
-    from .constants import CLIP_WEIGHTS, COVER_WEIGHTS
+    from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
 
     def weight_id(path, official) -> Any:
         if random_weights:

@@ -4,7 +4,7 @@ Torch-free. The CPU execution provider is the default; with ``onnxruntime-gpu`` 
 ``device="cuda[:N]"`` runs on the CUDA provider, and ``providers="tensorrt"`` puts ONNX
 Runtime's TensorRT provider in front of it (it builds its own engines on first use and caches
 them beside the graphs). Everything is checked before the first score: the manifest and every
-file's checksum (:func:`~cover_engine.runtime.manifest.load_manifest`), then each graph's real
+file's checksum (:func:`~cover_engine.runtime.engines.manifest.load_manifest`), then each graph's real
 inputs and outputs against the manifest.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Callable, ContextManager, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnxruntime as ort
 
-from .constants import BRANCHES, ViewSpec
-from .errors import EngineError, InputError
-from .manifest import MANIFEST_FILE, GraphEntry, Manifest, check_io, load_manifest
+from cover_engine.runtime.constants import BRANCHES, ViewSpec
+from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.engines.manifest import MANIFEST_FILE, GraphEntry, Manifest, check_io, load_manifest
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 _SHORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",

@@ -27,10 +27,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
-from . import gpu
-from .constants import BRANCHES, ViewSpec
-from .errors import EngineError, InputError
-from .manifest import GraphEntry, Manifest, check_io, check_tensorrt, load_manifest
+from cover_engine.runtime.gpu import cuda as gpu
+from cover_engine.runtime.constants import BRANCHES, ViewSpec
+from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.engines.manifest import GraphEntry, Manifest, check_io, check_tensorrt, load_manifest
 
 #: Slots (sets of contexts and buffers) by default: one running, one being filled.
 DEFAULT_IN_FLIGHT = 2

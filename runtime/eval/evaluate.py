@@ -20,12 +20,12 @@ from typing import Callable, Optional, Protocol, Sequence, Union
 import click
 import numpy as np
 
-from .cli import scorer_options
-from .constants import BRANCHES
-from .errors import CoverError, InputError
-from .labels import FORMATS, LabelItem, locate, read_labels
-from .metrics import Metrics, compute_metrics, rank_unit, to_percent, zscore
-from .results import FileScore, RowLog, ScoreCsvWriter, score_columns
+from cover_engine.runtime.cli.run import scorer_options
+from cover_engine.runtime.constants import BRANCHES
+from cover_engine.runtime.errors import CoverError, InputError
+from cover_engine.runtime.eval.labels import FORMATS, LabelItem, locate, read_labels
+from cover_engine.runtime.eval.metrics import Metrics, compute_metrics, rank_unit, to_percent, zscore
+from cover_engine.runtime.results import FileScore, RowLog, ScoreCsvWriter, score_columns
 
 #: Extra columns of the per-video CSV: the label's MOS is kept beside the scores.
 EVAL_EXTRA = ("mos",)
@@ -251,7 +251,7 @@ def default_csv(labels: Path) -> Path:
 
 def build_scorer(**options) -> Scorer:
     """The real scoring pipeline (imported here so the rest of this module works without it)."""
-    from .scoring import make_scorer
+    from cover_engine.runtime.scoring import make_scorer
 
     return make_scorer(**options)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from .errors import InputError
+from cover_engine.runtime.constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from cover_engine.runtime.errors import InputError
 
 FORMATS = ("auto", "upstream", "csv")
 #: Name columns tried in order when none is given (LSVQ: name, LIVE-VQC: File, KoNViD: flickr_id).

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from scipy import optimize, special, stats
 
-from .errors import CoverError
+from cover_engine.runtime.errors import CoverError
 
 #: Evaluation budget of the logistic fit. Upstream's 1e8 only matters for sets that do not
 #: converge; a well-posed fit needs a few hundred.

@@ -21,7 +21,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .errors import CoverError
+from cover_engine.runtime.errors import CoverError
 
 #: Folder of the ``.cu`` sources (package data).
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
@@ -271,7 +271,7 @@ def copy_2d(dst: int, dst_pitch: int, src: int, src_pitch: int, width_bytes: int
 
 
 def kernel_source(name: str) -> str:
-    """Text of ``runtime/kernels/<name>`` (installed as package data)."""
+    """Text of ``runtime/gpu/kernels/<name>`` (installed as package data)."""
     return (KERNEL_DIR / name).read_text()
 
 

@@ -26,9 +26,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import gpu
-from .colour import YuvToRgb, yuv_to_rgb_coefficients
-from .decode import MediaInfo
+from cover_engine.runtime.gpu import cuda as gpu
+from cover_engine.runtime.media.colour import YuvToRgb, yuv_to_rgb_coefficients
+from cover_engine.runtime.media.decode import MediaInfo
 
 #: Pixel formats NVDEC returns as NV12 / P016 (4:2:0, 8 to 12 bits).
 _SEMI_PLANAR_SOURCE = re.compile(r"^yuvj?420p(10|12)?(le|be)?$")

@@ -23,16 +23,16 @@ from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from . import gpu
-from .colour import YuvToRgb
-from .constants import ViewSpec
-from .decode import MediaInfo, probe
-from .geometry import AxisTable, resize_table
-from .nvdec import NvdecDecoder, NvdecUnavailable, nvdec_refusal
-from .results import FileScore
-from .sampling import clip_rng, needed_frames
-from .scoring import file_score
-from .views import ViewPlan, load_views, plan_views
+from cover_engine.runtime.gpu import cuda as gpu
+from cover_engine.runtime.media.colour import YuvToRgb
+from cover_engine.runtime.constants import ViewSpec
+from cover_engine.runtime.media.decode import MediaInfo, probe
+from cover_engine.runtime.views.geometry import AxisTable, resize_table
+from cover_engine.runtime.gpu.nvdec import NvdecDecoder, NvdecUnavailable, nvdec_refusal
+from cover_engine.runtime.results import FileScore
+from cover_engine.runtime.views.sampling import clip_rng, needed_frames
+from cover_engine.runtime.scoring import file_score
+from cover_engine.runtime.views.assemble import ViewPlan, load_views, plan_views
 
 #: Kernel file, and the thread block the launches use (a warp along each output row).
 KERNEL_FILE = "views.cu"

@@ -50,8 +50,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import av
 import numpy as np
 
-from .colour import YuvToRgb, matrix_for, yuv_to_rgb, yuv_to_rgb_coefficients
-from .errors import InputError
+from cover_engine.runtime.media.colour import YuvToRgb, matrix_for, yuv_to_rgb, yuv_to_rgb_coefficients
+from cover_engine.runtime.errors import InputError
 
 #: Planar YUV formats converted by ``colour.py`` (others go through swscale to rgb24).
 _PLANAR_YUV = re.compile(r"^yuvj?a?(420|422|444|440|411|410)p(9|10|12|14|16)?(le|be)?$")

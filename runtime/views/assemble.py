@@ -18,12 +18,12 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .constants import ViewSpec
-from .decode import MediaInfo, ShortVideoError, iter_frames, probe
-from .errors import InputError
-from .geometry import FragmentGrid, fragment_grid, fragment_maps, fragment_origins, resize_table
-from .resize import resize, take, upsample
-from .sampling import choose_offsets, clip_rng, needed_frames, view_indices
+from cover_engine.runtime.constants import ViewSpec
+from cover_engine.runtime.media.decode import MediaInfo, ShortVideoError, iter_frames, probe
+from cover_engine.runtime.errors import InputError
+from cover_engine.runtime.views.geometry import FragmentGrid, fragment_grid, fragment_maps, fragment_origins, resize_table
+from cover_engine.runtime.views.resize import resize, take, upsample
+from cover_engine.runtime.views.sampling import choose_offsets, clip_rng, needed_frames, view_indices
 
 
 @dataclass(frozen=True)

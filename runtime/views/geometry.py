@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .constants import ViewSpec
+from cover_engine.runtime.constants import ViewSpec
 
 
 class AxisTable(NamedTuple):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import AxisTable
+from cover_engine.runtime.views.geometry import AxisTable
 
 
 def take(frame, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

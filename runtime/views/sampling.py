@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
-from .constants import ViewSpec
+from cover_engine.runtime.constants import ViewSpec
 
 
 def clip_rng(seed: Optional[int], clip: int) -> Optional[np.random.Generator]:
