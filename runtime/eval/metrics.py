@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from scipy import optimize, special, stats
 
-from cover_engine.runtime.errors import CoverError
+from cover_engine.runtime.errors import FitError
 
 #: Evaluation budget of the logistic fit. Upstream's 1e8 only matters for sets that do not
 #: converge; a well-posed fit needs a few hundred.
@@ -33,10 +33,6 @@ MAX_FIT_EVALUATIONS = 100_000
 #: Constants of the fixed 0-100 mapping :func:`to_percent` (see its docstring).
 PERCENT_CENTER = 0.0
 PERCENT_SCALE = 1.0
-
-
-class FitError(CoverError):
-    """The 4-parameter logistic could not be fitted (too few points, no convergence, degenerate)."""
 
 
 def logistic4(x, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:

@@ -21,18 +21,10 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from cover_engine.runtime.errors import CoverError
+from cover_engine.runtime.errors import GpuError, KernelCompileError
 
 #: Folder of the ``.cu`` sources (package data).
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
-
-
-class GpuError(CoverError):
-    """No usable GPU / CUDA stack here, or a CUDA call failed."""
-
-
-class KernelCompileError(GpuError):
-    """NVRTC rejected a kernel source; the message carries NVRTC's log."""
 
 
 @functools.lru_cache(maxsize=1)

@@ -29,15 +29,12 @@ import numpy as np
 from cover_engine.runtime.gpu import cuda as gpu
 from cover_engine.runtime.media.colour import YuvToRgb, yuv_to_rgb_coefficients
 from cover_engine.runtime.media.decode import MediaInfo
+from cover_engine.runtime.errors import NvdecUnavailable
 
 #: Pixel formats NVDEC returns as NV12 / P016 (4:2:0, 8 to 12 bits).
 _SEMI_PLANAR_SOURCE = re.compile(r"^yuvj?420p(10|12)?(le|be)?$")
 #: Row alignment of the frame buffer (bytes), as CUDA pitched allocations use.
 PITCH_ALIGN = 256
-
-
-class NvdecUnavailable(gpu.GpuError):
-    """NVDEC cannot decode this file here; the message is the one-line reason."""
 
 
 @functools.lru_cache(maxsize=1)

@@ -51,7 +51,7 @@ import av
 import numpy as np
 
 from cover_engine.runtime.media.colour import YuvToRgb, matrix_for, yuv_to_rgb, yuv_to_rgb_coefficients
-from cover_engine.runtime.errors import InputError
+from cover_engine.runtime.errors import InputError, ShortVideoError
 
 #: Planar YUV formats converted by ``colour.py`` (others go through swscale to rgb24).
 _PLANAR_YUV = re.compile(r"^yuvj?a?(420|422|444|440|411|410)p(9|10|12|14|16)?(le|be)?$")
@@ -75,14 +75,6 @@ class MediaInfo:
     rotation: int        # display rotation, degrees counter-clockwise (not applied by default)
     is_image: bool
     counted: bool        # num_frames was counted by demuxing (the container gave none)
-
-
-class ShortVideoError(InputError):
-    """Decoding ended before a requested frame: the file has fewer frames than it claims."""
-
-    def __init__(self, path, decoded: int, wanted: int):
-        super().__init__(f"{path}: only {decoded} frames decode, frame {wanted} was requested")
-        self.decoded = decoded
 
 
 class Frame:
