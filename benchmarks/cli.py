@@ -1,11 +1,4 @@
-"""``cover-bench``: how long a clip takes, where the time goes, and every backend side by side.
-
-Examples::
-
-    cover-bench                                   # 30-frame 4K H.264 clip, every backend here
-    cover-bench --codec hevc --json bench.json --plot bench.png
-    cover-bench --input clip.mp4 --backends torch-fp32,onnxruntime --runs 20
-    cover-bench --config small.json --resolution 320x180 --frames 8 --device cpu
+"""What ``cover-bench`` measures (the command is ``runtime/cli/bench.py``).
 
 One run of the command measures every backend on the same machine, the same clip and the same
 model. Each measured run is the whole path from file to scores: decode (PyAV), each view's
@@ -20,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import shlex
-import sys
 import tempfile
 import threading
 import time
@@ -30,13 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-import click
 import numpy as np
 
 from .. import __version__
 from cover_engine.runtime.constants import BRANCHES, ViewSpec, views_for_inputs
 from cover_engine.runtime.media import decode
-from cover_engine.runtime.errors import CoverError, InputError
+from cover_engine.runtime.errors import CoverError, InputError, one_line
 from cover_engine.runtime.views.sampling import needed_frames
 from cover_engine.runtime.scoring import branch_scores
 from cover_engine.runtime.views.assemble import ViewAssembler, load_views, normalise, plan_views
@@ -317,7 +307,7 @@ def skip_reason(name: str, ctx: Context) -> Optional[str]:
     if name == "tensorrt":
         if not cuda:
             return f"TensorRT runs on a CUDA GPU; device is {ctx.device}"
-        if not _importable("tensorrt"):
+        if not importable("tensorrt"):
             return "the tensorrt package is not installed (pip install 'cover-engine[trt]')"
     if name in ("onnxruntime", "tensorrt") and ctx.engines is not None:
         from cover_engine.runtime.engines.manifest import load_manifest
@@ -463,9 +453,9 @@ def run_row(name: str, ctx: Context, plan: Plan) -> dict[str, Any]:
     try:
         probe = make_probe(name, ctx)
     except CoverError as exc:  # missing engines, weights, providers: cannot run here
-        return {**row, "status": "skipped", "reason": _one_line(exc)}
+        return {**row, "status": "skipped", "reason": one_line(exc)}
     except Exception as exc:  # a backend that breaks while loading is reported, not fatal
-        return {**row, "status": "failed", "reason": _one_line(exc)}
+        return {**row, "status": "failed", "reason": one_line(exc)}
     row["setup_s"] = time.perf_counter() - started
     row["engine"] = getattr(probe.backend, "name", name)
     row["note"] = probe.note
@@ -473,7 +463,7 @@ def run_row(name: str, ctx: Context, plan: Plan) -> dict[str, Any]:
     try:
         row.update(measure(probe, plan))
     except Exception as exc:  # a row that breaks is reported, the others still run
-        return {**row, "status": "failed", "reason": _one_line(exc)}
+        return {**row, "status": "failed", "reason": one_line(exc)}
     finally:
         gpu_peak, gpu_method = probe.gpu_memory(gpu_before)
         probe.close()
@@ -553,11 +543,6 @@ def _total_memory() -> Optional[int]:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, CoverError) else f"{type(exc).__name__}: {text}"
-
-
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -570,7 +555,7 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _parse_backends(text: Optional[str]) -> list[str]:
+def parse_backends(text: Optional[str]) -> list[str]:
     if not text:
         return list(BACKENDS)
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -579,82 +564,6 @@ def _parse_backends(text: Optional[str]) -> list[str]:
         raise InputError(f"--backends: unknown {', '.join(unknown) or '(none given)'} "
                          f"(choose from {', '.join(BACKENDS)})")
     return sorted(set(names), key=BACKENDS.index)
-
-
-# ----------------------------------------------------------------------------- command
-
-class _RecordedCommand(click.Command):
-    """Keeps the arguments as given, so the report can state the exact command."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        ctx.meta["argv"] = list(args)
-        return super().parse_args(ctx, args)
-
-
-@click.command(cls=_RecordedCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Benchmark this video instead of a generated clip.")
-@click.option("--resolution", default="4k", show_default=True,
-              help="Generated clip size: 4k, 1080p, 720p or WxH.")
-@click.option("--frames", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Frames in the generated clip.")
-@click.option("--codec", type=click.Choice(BENCH_CODECS), default="h264", show_default=True,
-              help="Codec of the generated clip.")
-@click.option("--backends", "backend_list", metavar="LIST",
-              help=f"Comma-separated rows from {','.join(BACKENDS)} (default: all; those that "
-                   "cannot run here are listed as skipped).")
-@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Measured runs per backend.")
-@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Unmeasured runs before them.")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Clips per backend call in the throughput phase.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Threads scoring at once in the throughput phase.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads for torch and ONNX Runtime (default: each library's own).")
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Model config JSON (default: the official sizes).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
-              help="COVER.pth: measure the real model (default: seeded random weights).")
-@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="COVER_CLIP_WEIGHTS",
-              help="ViT-L-14.pt, with --weights (default: $COVER_CLIP_WEIGHTS, then the cache).")
-@click.option("--engines", type=click.Path(file_okay=False, path_type=Path),
-              help="An existing cover-export folder for the onnxruntime/tensorrt rows "
-                   "(default: export the benchmark model to a temporary folder).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the full report (machine, versions, settings, every figure) here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write stacked stage times per backend to this PNG.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress notices.")
-def main(input_path, resolution, frames, codec, backend_list, runs, warmup, batch, concurrency,
-         device, threads, config, weights, clip_weights, engines, json_path, plot_path, quiet):
-    """Measure COVER on one clip: stage times, throughput and memory for each backend."""
-    log: Log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    if not _importable("torch"):
-        raise click.ClickException("cover-bench needs torch for its baseline and exports "
-                                   "(pip install 'cover-engine[export]')")
-    try:
-        report = run_bench(
-            input_path=input_path, resolution=resolution, frames=frames, codec=codec,
-            backends=_parse_backends(backend_list), runs=runs, warmup=warmup, batch=batch,
-            concurrency=concurrency, device=device, threads=threads, config=config, weights=weights,
-            clip_weights=clip_weights if weights is not None else None, engines=engines,
-            command=shlex.join(["cover-bench"] + click.get_current_context().meta["argv"]),
-            log=log)
-    except (CoverError, ValueError) as exc:
-        raise click.ClickException(_one_line(exc) if isinstance(exc, CoverError) else str(exc))
-    click.echo(rep.format_table(report))
-    if json_path:
-        rep.write_json(report, json_path)
-        log(f"cover-bench: wrote {json_path}")
-    if plot_path:
-        rep.write_plot(report, plot_path)
-        log(f"cover-bench: wrote {plot_path}")
-    if not any(b["status"] == "ok" for b in report["backends"]):
-        sys.exit(1)
 
 
 def run_bench(*, input_path: Optional[Path], resolution: str, frames: int, codec: str,
@@ -762,17 +671,14 @@ def _prepare_exports(ctx: Context, rows: list[str]) -> None:
         try:
             ctx.engine_dir(*(("fp32", False) if row == "onnxruntime" else ("fp16", True)))
         except CoverError as exc:  # the row reports it when it asks again
-            ctx.log(f"cover-bench: export for {row} failed: {_one_line(exc)}")
+            ctx.log(f"cover-bench: export for {row} failed: {one_line(exc)}")
     ctx.drop_model()
 
 
-def _importable(module: str) -> bool:
+def importable(module: str) -> bool:
     try:
         __import__(module)
     except ImportError:
         return False
     return True
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,4 +1,4 @@
-"""Download, verify and locate COVER's two weight files (``cover-fetch``).
+"""Download, verify and locate COVER's two weight files (the command is ``cli/fetch.py``).
 
 Where a weight file is looked for, first match wins:
 
@@ -31,7 +31,6 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import click
 from tqdm import tqdm
 
 from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_HOME_ENV, COVER_WEIGHTS, WeightFile
@@ -277,71 +276,3 @@ def _write_sidecar(path: Path, digest: str) -> None:
         os.replace(tmp, _sidecar(path))
     except OSError:
         tmp.unlink(missing_ok=True)
-
-
-def weight_options(command):
-    """``--weights`` / ``--clip-weights`` (with their environment variables) for a click command."""
-    command = click.option(
-        "--clip-weights", type=click.Path(dir_okay=False, path_type=Path), envvar=CLIP_WEIGHTS.env,
-        help=f"OpenAI {CLIP_WEIGHTS.name} (default: ${CLIP_WEIGHTS.env}, then the cache).")(command)
-    return click.option(
-        "--weights", type=click.Path(dir_okay=False, path_type=Path), envvar=COVER_WEIGHTS.env,
-        help=f"{COVER_WEIGHTS.name} (default: ${COVER_WEIGHTS.env}, then the cover-fetch cache)."
-    )(command)
-
-
-def _parse_urls(pairs: Sequence[str]) -> dict[str, list[str]]:
-    """``NAME=URL`` options (NAME a key of FILES or a file name) to URL lists per key."""
-    by_name = {**{k: k for k in FILES}, **{wf.name: k for k, wf in FILES.items()}}
-    urls: dict[str, list[str]] = {}
-    for pair in pairs:
-        name, sep, url = pair.partition("=")
-        if not sep or not url or name not in by_name:
-            raise click.BadParameter(
-                f"'{pair}': expected NAME=URL with NAME one of {', '.join(by_name)}",
-                param_hint="--url")
-        urls.setdefault(by_name[name], []).append(url)
-    return urls
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the weight files [default: $COVER_HOME, else "
-                   "$XDG_CACHE_HOME/cover-engine, else ~/.cache/cover-engine].")
-@click.option("--only", type=click.Choice(sorted(FILES)), help="Fetch one file only.")
-@click.option("--url", "url_pairs", multiple=True, metavar="NAME=URL",
-              help="Download NAME (cover, clip or a file name) from URL instead of the published "
-                   "addresses; repeat to give mirrors, tried in order.")
-@click.option("--check", is_flag=True,
-              help="Verify the sha256 of the files already there; download nothing.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no notes; errors only.")
-def main(directory: Optional[Path], only: Optional[str], url_pairs: tuple[str, ...],
-         check: bool, quiet: bool) -> None:
-    """Download COVER's weights (COVER.pth and CLIP ViT-L/14) and verify their checksums.
-
-    Prints NAME: PATH for each good file; exits non-zero if any file is missing or bad.
-    """
-    urls = _parse_urls(url_pairs)
-    directory = directory or cache_dir()
-    failed = False
-    for key, wf in FILES.items():
-        if only not in (None, key):
-            continue
-        dest = directory / wf.name
-        try:
-            if check:
-                problem = verify(dest, wf, full=True)
-                if problem:
-                    raise WeightsError(f"{problem}; run cover-fetch without --check to fetch it")
-            else:
-                download(wf, directory, urls=urls.get(key), progress=not quiet)
-        except WeightsError as exc:
-            click.echo(f"error: {exc}", err=True)
-            failed = True
-            continue
-        click.echo(f"{wf.name}: {dest}")
-        if not quiet and wf.env and os.environ.get(wf.env):
-            click.echo(f"note: ${wf.env} is set and takes precedence: {os.environ[wf.env]}",
-                       err=True)
-    if failed:
-        raise SystemExit(1)

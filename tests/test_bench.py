@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from cover_engine.bench import report as rep
-from cover_engine.bench.cli import bench_clip, main, timed_views
+from cover_engine.bench.cli import bench_clip, timed_views
+from cover_engine.runtime.cli.bench import main
 from cover_engine.bench.clips import write_clip
 from cover_engine.bench.stages import (Stats, Timer, module_sections, summarise,
                                        vit_flops_per_frame)

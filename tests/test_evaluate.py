@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
+from cover_engine.runtime.cli import eval as cli_eval
 from cover_engine.runtime.eval import evaluate as ev
 from cover_engine.runtime.errors import CoverError, EngineError, InputError
 from cover_engine.runtime.eval.labels import LabelItem, locate, read_labels
@@ -341,7 +342,7 @@ def fake_cli(monkeypatch):
         built.append(options)
         return FakeScorer()
 
-    monkeypatch.setattr(ev, "build_scorer", build)
+    monkeypatch.setattr(cli_eval, "build_scorer", build)
     return built
 
 
@@ -353,7 +354,7 @@ def test_cli_end_to_end_with_fake_scorer(tmp_path, fake_cli):
     args = ["--labels", str(labels), "--root", str(tmp_path), "--backend", "onnxruntime", "--seed", "3",
             "--csv", str(out / "scores.csv"), "--json", str(out / "m.json"), "--plot", str(out / "fit.png"),
             "--rescaled", str(out / "rescaled.csv")]
-    result = CliRunner().invoke(ev.main, args)
+    result = CliRunner().invoke(cli_eval.main, args)
     assert result.exit_code == 0, result.output
     assert fake_cli[0]["backend"] == "onnxruntime" and fake_cli[0]["seed"] == 3
     assert "scored 18 of 20 labelled videos" in result.output
@@ -369,16 +370,16 @@ def test_cli_end_to_end_with_fake_scorer(tmp_path, fake_cli):
     header, rows = read_rows(out / "rescaled.csv")
     assert header[:3] == ["name", "mos", "overall"] and "overall_100" in header and len(rows) == 18
 
-    again = CliRunner().invoke(ev.main, args)
+    again = CliRunner().invoke(cli_eval.main, args)
     assert again.exit_code == 2 and "--resume" in again.output
-    resumed = CliRunner().invoke(ev.main, args + ["--resume"])
+    resumed = CliRunner().invoke(cli_eval.main, args + ["--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "(18 from an earlier run" in resumed.output and len(fake_cli) == 2  # v007 was retried
 
 
 def test_cli_default_csv_limit_and_fit_failure(tmp_path, fake_cli):
     labels, _ = make_set(tmp_path, n=10)
-    result = CliRunner().invoke(ev.main, ["--labels", str(labels), "--root", str(tmp_path), "--limit", "3"])
+    result = CliRunner().invoke(cli_eval.main, ["--labels", str(labels), "--root", str(tmp_path), "--limit", "3"])
     assert result.exit_code == 0, result.output
     assert len(read_rows(tmp_path / "labels.cover.csv")[1]) == 3
     assert "overall: logistic fit failed: a 4-parameter fit needs at least 4 videos, got 3" in result.output
@@ -387,10 +388,10 @@ def test_cli_default_csv_limit_and_fit_failure(tmp_path, fake_cli):
 def test_cli_reports_bad_labels_and_empty_runs(tmp_path, fake_cli):
     bad = tmp_path / "bad.txt"
     bad.write_text("a.mp4,1,2\n")
-    result = CliRunner().invoke(ev.main, ["--labels", str(bad), "--format", "upstream"])
+    result = CliRunner().invoke(cli_eval.main, ["--labels", str(bad), "--format", "upstream"])
     assert result.exit_code == 1 and "bad.txt:1: expected 'filename,a,t,mos'" in result.output
     labels, _ = make_set(tmp_path, n=3, missing={0, 1, 2})
-    result = CliRunner().invoke(ev.main, ["--labels", str(labels), "--root", str(tmp_path)])
+    result = CliRunner().invoke(cli_eval.main, ["--labels", str(labels), "--root", str(tmp_path)])
     assert result.exit_code == 1 and "no video was scored" in result.output and not fake_cli
 
 
@@ -432,7 +433,7 @@ def test_end_to_end_real_pipeline(tmp_path, vectors_dir):
     labels.write_text("\n".join(lines) + "\n")
     args = ["--labels", str(labels), "--root", str(root), "--backend", "torch", "--random-weights",
             "--config", str(vectors_dir / "model" / "config.json"), "--json", str(tmp_path / "m.json")]
-    result = CliRunner().invoke(ev.main, args)
+    result = CliRunner().invoke(cli_eval.main, args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["scored"] == 5 and report["missing"] == ["absent.mp4"]

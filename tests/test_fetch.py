@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from cover_engine.runtime import fetch
+from cover_engine.runtime.cli import fetch as cli_fetch
 from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS, WeightFile
 from cover_engine.runtime.errors import WeightsError
 
@@ -353,24 +354,24 @@ def fake_files(server, monkeypatch):
 
 def test_cli_downloads_checks_and_reports(fake_files, server, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(fetch.main, ["--dir", str(tmp_path), "--quiet"])
+    result = runner.invoke(cli_fetch.main, ["--dir", str(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [f"fake.bin: {tmp_path / 'fake.bin'}",
                                           f"other.bin: {tmp_path / 'other.bin'}"]
     assert (tmp_path / "other.bin").read_bytes() == OTHER
 
     server.requests.clear()
-    assert runner.invoke(fetch.main, ["--dir", str(tmp_path), "--check"]).exit_code == 0
+    assert runner.invoke(cli_fetch.main, ["--dir", str(tmp_path), "--check"]).exit_code == 0
     (tmp_path / "other.bin").write_bytes(OTHER[:-1] + b"\0")  # same size, sidecar left behind
     os.utime(tmp_path / "other.bin", ns=(0, 0))  # even with an old mtime, --check hashes
-    result = runner.invoke(fetch.main, ["--dir", str(tmp_path), "--check"])
+    result = runner.invoke(cli_fetch.main, ["--dir", str(tmp_path), "--check"])
     assert result.exit_code == 1
     assert "other.bin" in result.stderr and f"expected {_sha(OTHER)}" in result.stderr
     assert server.requests == []
 
 
 def test_cli_check_missing_file_fails(fake_files, tmp_path):
-    result = CliRunner().invoke(fetch.main, ["--dir", str(tmp_path), "--check", "--only", "clip"])
+    result = CliRunner().invoke(cli_fetch.main, ["--dir", str(tmp_path), "--check", "--only", "clip"])
     assert result.exit_code == 1
     assert f"{tmp_path / 'other.bin'} does not exist" in result.stderr
 
@@ -378,7 +379,7 @@ def test_cli_check_missing_file_fails(fake_files, tmp_path):
 def test_cli_url_override_and_only(fake_files, server, tmp_path):
     server.files["mirror.bin"] = PAYLOAD
     mirror = server.url("/mirror/mirror.bin")
-    result = CliRunner().invoke(fetch.main, ["--dir", str(tmp_path), "--only", "cover", "-q",
+    result = CliRunner().invoke(cli_fetch.main, ["--dir", str(tmp_path), "--only", "cover", "-q",
                                              "--url", f"fake.bin={mirror}"])
     assert result.exit_code == 0, result.output
     assert [r["path"] for r in server.requests] == ["/mirror/mirror.bin"]
@@ -387,7 +388,7 @@ def test_cli_url_override_and_only(fake_files, server, tmp_path):
 
 def test_cli_offline_exits_non_zero_with_the_error(fake_files, tmp_path):
     dead = f"http://127.0.0.1:{_closed_port()}/fake.bin"
-    result = CliRunner().invoke(fetch.main, ["--dir", str(tmp_path), "--only", "cover", "-q",
+    result = CliRunner().invoke(cli_fetch.main, ["--dir", str(tmp_path), "--only", "cover", "-q",
                                              "--url", f"cover={dead}"])
     assert result.exit_code == 1
     assert dead in result.stderr and str(tmp_path / "fake.bin") in result.stderr
@@ -395,7 +396,7 @@ def test_cli_offline_exits_non_zero_with_the_error(fake_files, tmp_path):
 
 
 def test_cli_rejects_a_malformed_url_option(fake_files, tmp_path):
-    result = CliRunner().invoke(fetch.main, ["--dir", str(tmp_path), "--url", "nope"])
+    result = CliRunner().invoke(cli_fetch.main, ["--dir", str(tmp_path), "--url", "nope"])
     assert result.exit_code == 2 and "NAME=URL" in result.output
 
 

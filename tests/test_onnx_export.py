@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from cover_engine.export import onnx_export, trt_build
 from cover_engine.export.backend_torch import TorchBackend
-from cover_engine.export.cli import main as export_main
+from cover_engine.runtime.cli.export import main as export_main
 from cover_engine.export.config import ModelConfig
 from cover_engine.export.weights import load_model
 from cover_engine.runtime.engines.ort_runner import OrtBackend

@@ -12,14 +12,16 @@ import glob
 import json
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 import click
 
+from cover_engine.runtime.cli.common import command, cover_errors, one_line
+from cover_engine.runtime.cli.options import csv_option, quiet_option, scorer_options
 from cover_engine.runtime.constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from cover_engine.runtime.errors import CoverError
-from cover_engine.runtime.fetch import weight_options
 from cover_engine.runtime.results import FileScore
+
+__all__ = ["main", "expand_inputs", "format_table"]
 
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 COLUMNS = ("semantic", "technical", "aesthetic", "overall")
@@ -64,42 +66,12 @@ def format_table(rows: list[FileScore]) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
 
 
-def scorer_options(command):
-    """The options that choose how files are scored (shared by cover-run and cover-eval)."""
-    options = [
-        click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
-                     default="auto", show_default=True,
-                     help="Inference backend; auto = TensorRT if usable, else ONNX Runtime."),
-        click.option("--engines", type=click.Path(file_okay=False, path_type=Path),
-                     help="Folder written by cover-export (default: a cached export of the "
-                          "weights)."),
-        weight_options,
-        click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="Model config JSON for non-official sizes (its weights must be named)."),
-        click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
-                     show_default=True, help="Torch backend precision (engines carry their own)."),
-        click.option("--seed", type=int, default=None,
-                     help="Random temporal/spatial offsets from this seed (default: "
-                          "deterministic middle of each range)."),
-        click.option("--clips", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Average the scores of N sampled clips."),
-        click.option("--random-weights", is_flag=True,
-                     help="Seeded random weights instead of the official ones: plumbing checks "
-                          "only, the scores mean nothing."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command()
 @click.argument("paths", nargs=-1, required=True)
 @scorer_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write rows to this CSV, row by row (appends to a matching header).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
+@csv_option("Also write rows to this CSV, row by row (appends to a matching header).")
+@quiet_option
 def main(paths, backend, engines, weights, clip_weights, config, device, precision, seed, clips,
          as_json, csv_path, random_weights, quiet):
     """Score each video or image in PATHS (files, folders, globs) with COVER.
@@ -113,12 +85,10 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
 
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     files, failures = expand_inputs(paths)
-    try:
+    with cover_errors():
         scorer = make_scorer(backend, engines=engines, weights=weights, clip_weights=clip_weights,
                              device=device, precision=precision, seed=seed, clips=clips,
                              config=config, random_weights=random_weights, log=log)
-    except CoverError as exc:
-        raise click.ClickException(str(exc)) from None
 
     writer = ScoreCsvWriter(csv_path) if csv_path else None
     rows: list[FileScore] = []
@@ -135,7 +105,7 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
             try:
                 row = scorer.score(path)
             except Exception as exc:  # one bad file never stops the batch
-                failures.append((str(path), _one_line(exc)))
+                failures.append((str(path), one_line(exc)))
                 why = failures[-1][1]
                 note = f"cover-run: skipped: {why}" if str(path) in why else \
                     f"cover-run: skipped {path}: {why}"
@@ -161,11 +131,6 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
         for name, why in failures:  # messages usually name the file already
             click.echo(f"  {why}" if name in why else f"  {name}: {why}", err=True)
         sys.exit(1)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, CoverError) else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,25 +5,22 @@ is continued with ``--resume`` and loses at most the video in flight. Missing an
 videos are listed, not fatal. Metrics follow COVER_SPEC.md section 4 (:mod:`.metrics`), for the
 overall score and each branch.
 
-:func:`evaluate` does the work with any object that has ``score(path) -> FileScore``; the click
-command only parses options, builds the scorer and writes the reports.
+:func:`evaluate` does the work with any object that has ``score(path) -> FileScore``; the
+command (:mod:`cover_engine.runtime.cli.eval`) only parses options, builds the scorer and writes
+the reports with the functions here.
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence, Union
 
-import click
 import numpy as np
 
-from cover_engine.runtime.cli.run import scorer_options
 from cover_engine.runtime.constants import BRANCHES
 from cover_engine.runtime.errors import CoverError, InputError
-from cover_engine.runtime.eval.labels import FORMATS, LabelItem, locate, read_labels
+from cover_engine.runtime.eval.labels import LabelItem, locate
 from cover_engine.runtime.eval.metrics import Metrics, compute_metrics, rank_unit, to_percent, zscore
 from cover_engine.runtime.results import FileScore, RowLog, ScoreCsvWriter, score_columns
 
@@ -214,13 +211,6 @@ def format_report(run: EvalRun, metrics: dict[str, Metrics]) -> str:
     return "\n".join(lines)
 
 
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise click.UsageError("--plot needs matplotlib: pip install 'cover-engine[plot]'") from None
-
-
 def plot_fit(run: EvalRun, metrics: Metrics, path) -> None:
     """Scatter of raw overall score against MOS with the fitted logistic, saved as an image."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -240,88 +230,3 @@ def plot_fit(run: EvalRun, metrics: Metrics, path) -> None:
     ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path)
-
-
-def default_csv(labels: Path) -> Path:
-    """``LABELS_STEM.cover.csv`` beside the label file, or in the current folder if that is read-only."""
-    name = f"{labels.stem}.cover.csv"
-    folder = labels.resolve().parent
-    return folder / name if os.access(folder, os.W_OK) else Path.cwd() / name
-
-
-def build_scorer(**options) -> Scorer:
-    """The real scoring pipeline (imported here so the rest of this module works without it)."""
-    from cover_engine.runtime.scoring import make_scorer
-
-    return make_scorer(**options)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--labels", "labels_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Label file: upstream 'filename,a,t,mos' lines, or a CSV with a header.")
-@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder the label file's names are relative to.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
-              help="Label format.")
-@click.option("--name-column", help="CSV column with the file names (default: name, filename, file, ...).")
-@click.option("--mos-column", help="CSV column with the MOS (default: mos, mosfull, score, label).")
-@scorer_options
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Per-video scores (default: LABELS_STEM.cover.csv beside the label file, "
-                   "or in the current folder if that one is read-only).")
-@click.option("--resume", is_flag=True, help="Continue the run in --csv: skip the videos it already scored.")
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N labelled videos.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write counts, metrics, fit parameters and problem videos as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write predicted-vs-MOS scatter with the fitted curve (PNG; needs matplotlib).")
-@click.option("--rescaled", "rescaled_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write raw scores with z-score, rank in [0, 1] and fixed 0-100 rescalings (CSV).")
-def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weights, clip_weights, config,
-         random_weights, device, precision, seed, clips, csv_path, resume, limit, json_path, plot_path,
-         rescaled_path):
-    """Score a labelled video set with COVER and report SROCC, KROCC, PLCC and RMSE."""
-    if plot_path is not None:
-        _require_matplotlib()
-    try:
-        items = read_labels(labels_path, fmt, name_column=name_column, mos_column=mos_column)
-    except CoverError as exc:
-        raise click.ClickException(str(exc)) from None
-    items = items[:limit] if limit else items
-    csv_path = csv_path or default_csv(labels_path)
-    if not resume and csv_path.is_file() and csv_path.stat().st_size:
-        raise click.UsageError(f"{csv_path} already holds scores: pass --resume to continue that run, "
-                               "or choose another --csv")
-    click.echo(f"scores -> {csv_path}", err=True)
-    options = dict(backend=backend, engines=engines, weights=weights, clip_weights=clip_weights,
-                   config=config, random_weights=random_weights, device=device, precision=precision,
-                   seed=seed, clips=clips, log=lambda msg: click.echo(msg, err=True))
-    started = time.perf_counter()
-    try:
-        run = evaluate(items, lambda: build_scorer(**options), csv_path, root=root, resume=resume)
-    except OSError as exc:  # the CSV itself cannot be written; per-video errors are caught inside
-        raise click.ClickException(f"{exc.filename or csv_path}: {exc.strerror or exc}") from None
-    except (CoverError, KeyboardInterrupt) as exc:
-        why = str(exc) if isinstance(exc, CoverError) else "interrupted"
-        raise click.ClickException(f"{why}\n(rows already in {csv_path} are kept; "
-                                   "continue with --resume)") from None
-    if run.dropped_partial_row:
-        click.echo(f"{csv_path}: dropped a partly written last row left by an interrupted run", err=True)
-    new = len(run.scores) - run.resumed
-    if new:
-        click.echo(f"scored {new} videos in {time.perf_counter() - started:.1f} s", err=True)
-    if run.failed:
-        click.echo(f"unreadable videos are listed in {run.errors_path}", err=True)
-
-    metrics = run.metrics()
-    click.echo(format_report(run, metrics))
-    if json_path is not None:
-        report = {"labels": str(labels_path), "root": str(root), **report_dict(run, metrics)}
-        json_path.write_text(json.dumps(report, indent=1) + "\n")
-    if not run.scores:
-        raise click.ClickException("no video was scored")
-    if rescaled_path is not None:
-        write_rescaled(run, rescaled_path)
-    if plot_path is not None:
-        plot_fit(run, metrics["overall"], plot_path)

@@ -5,6 +5,9 @@ Examples::
     cover-export                                  # fp32 ONNX graphs in engines/cover-fp32/
     cover-export --precision fp16                 # + TensorRT engines when tensorrt is installed
     cover-export --config my.json --weights a.pth --clip-weights b.pt --out engines/mine
+
+The exporter (:mod:`cover_engine.export.onnx_export`) needs torch; it is imported inside the
+command, so this module, like all of ``runtime``, imports without torch.
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ from typing import Optional
 
 import click
 
-from cover_engine.runtime.errors import CoverError
-from cover_engine.runtime.fetch import weight_options
+from cover_engine.runtime.cli.common import command, cover_errors
+from cover_engine.runtime.cli.options import quiet_option, weight_options
 from cover_engine.runtime.engines.manifest import MODES
+
+__all__ = ["main", "default_name"]
 
 
 def default_name(precision: str, config: Optional[Path], random_weights: bool) -> str:
@@ -24,17 +29,13 @@ def default_name(precision: str, config: Optional[Path], random_weights: bool) -
     return f"{'random-' if random_weights else ''}{base}-{precision}"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command()
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16 keeps LayerNorm, softmax and reductions in fp32.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (default: engines/<name>/).")
 @click.option("--name", help="Export name (default: cover-<precision>).")
-@weight_options
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Model config JSON for non-official sizes (its weights must be named).")
-@click.option("--random-weights", is_flag=True,
-              help="Seeded random weights (plumbing and speed tests only).")
+@weight_options()
 @click.option("--batch-max", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest batch the TensorRT engines accept.")
 @click.option("--batch-opt", type=click.IntRange(min=1), default=1, show_default=True,
@@ -49,24 +50,25 @@ def default_name(precision: str, config: Optional[Path], random_weights: bool) -
               help="Also export the single-image (T=1) graphs.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Compare each graph in ONNX Runtime with PyTorch on random views.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@quiet_option
 def main(precision, out, name, weights, clip_weights, config, random_weights, batch_max, batch_opt,
          opset, engine, timing_cache, images, check, quiet):
     """Export COVER's three branches to ONNX (one graph per branch, for videos and for images),
     optionally build TensorRT engines, and write manifest.json describing all of it."""
-    from .onnx_export import export_all
-
     name = name or default_name(precision, config, random_weights)
     out = out or Path("engines") / name
     log = (lambda msg: None) if quiet else click.echo
-    try:
+    with cover_errors():
+        try:
+            from cover_engine.export.onnx_export import export_all
+        except ImportError as exc:
+            raise click.ClickException(f"cover-export needs torch and onnx ({exc}); "
+                                       "pip install 'cover-engine[export]'") from None
         export_all(out, weights=weights, clip_weights=clip_weights, config=config,
                    precision=precision, random_weights=random_weights, name=name, opset=opset,
                    batch_max=batch_max, batch_opt=batch_opt, engines=engine,
                    timing_cache=timing_cache, modes=MODES if images else ("video",),
                    check=check, log=log)
-    except CoverError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

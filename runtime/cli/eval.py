@@ -1,0 +1,108 @@
+"""``cover-eval``: score a labelled set and report SROCC/KROCC/PLCC/RMSE the way upstream does.
+
+Examples::
+
+    cover-eval --labels KoNViD/labels.txt --root datasets/KoNViD --plot kv1k.png --json kv1k.json
+    cover-eval --labels mine.csv --name-column video --mos-column mos --root clips/ --resume
+
+The work is :func:`cover_engine.runtime.eval.evaluate.evaluate`; this module parses options,
+builds the scorer (only when a video needs scoring) and writes the reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+from cover_engine.runtime.cli.common import command, cover_errors
+from cover_engine.runtime.cli.options import csv_option, report_options, scorer_options
+from cover_engine.runtime.eval.evaluate import (Scorer, evaluate, format_report, plot_fit,
+                                                report_dict, write_rescaled)
+from cover_engine.runtime.eval.labels import FORMATS, read_labels
+
+__all__ = ["main", "default_csv", "build_scorer"]
+
+
+def default_csv(labels: Path) -> Path:
+    """``LABELS_STEM.cover.csv`` beside the label file, or in the current folder if that is read-only."""
+    name = f"{labels.stem}.cover.csv"
+    folder = labels.resolve().parent
+    return folder / name if os.access(folder, os.W_OK) else Path.cwd() / name
+
+
+def build_scorer(**options) -> Scorer:
+    """The real scoring pipeline (imported here so a finished run is re-reported without it)."""
+    from cover_engine.runtime.scoring import make_scorer
+
+    return make_scorer(**options)
+
+
+@command()
+@click.option("--labels", "labels_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Label file: upstream 'filename,a,t,mos' lines, or a CSV with a header.")
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder the label file's names are relative to.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+              help="Label format.")
+@click.option("--name-column", help="CSV column with the file names (default: name, filename, file, ...).")
+@click.option("--mos-column", help="CSV column with the MOS (default: mos, mosfull, score, label).")
+@scorer_options
+@csv_option("Per-video scores (default: LABELS_STEM.cover.csv beside the label file, "
+            "or in the current folder if that one is read-only).")
+@click.option("--resume", is_flag=True, help="Continue the run in --csv: skip the videos it already scored.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N labelled videos.")
+@report_options(json_help="Write counts, metrics, fit parameters and problem videos as JSON.",
+                plot_help="Write predicted-vs-MOS scatter with the fitted curve")
+@click.option("--rescaled", "rescaled_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write raw scores with z-score, rank in [0, 1] and fixed 0-100 rescalings (CSV).")
+def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weights, clip_weights, config,
+         random_weights, device, precision, seed, clips, csv_path, resume, limit, json_path, plot_path,
+         rescaled_path):
+    """Score a labelled video set with COVER and report SROCC, KROCC, PLCC and RMSE."""
+    with cover_errors():
+        items = read_labels(labels_path, fmt, name_column=name_column, mos_column=mos_column)
+    items = items[:limit] if limit else items
+    csv_path = csv_path or default_csv(labels_path)
+    if not resume and csv_path.is_file() and csv_path.stat().st_size:
+        raise click.UsageError(f"{csv_path} already holds scores: pass --resume to continue that run, "
+                               "or choose another --csv")
+    click.echo(f"scores -> {csv_path}", err=True)
+    options = dict(backend=backend, engines=engines, weights=weights, clip_weights=clip_weights,
+                   config=config, random_weights=random_weights, device=device, precision=precision,
+                   seed=seed, clips=clips, log=lambda msg: click.echo(msg, err=True))
+    kept = f"\n(rows already in {csv_path} are kept; continue with --resume)"
+    started = time.perf_counter()
+    try:
+        with cover_errors(hint=kept):
+            run = evaluate(items, lambda: build_scorer(**options), csv_path, root=root, resume=resume)
+    except OSError as exc:  # the CSV itself cannot be written; per-video errors are caught inside
+        raise click.ClickException(f"{exc.filename or csv_path}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted" + kept) from None
+    if run.dropped_partial_row:
+        click.echo(f"{csv_path}: dropped a partly written last row left by an interrupted run", err=True)
+    new = len(run.scores) - run.resumed
+    if new:
+        click.echo(f"scored {new} videos in {time.perf_counter() - started:.1f} s", err=True)
+    if run.failed:
+        click.echo(f"unreadable videos are listed in {run.errors_path}", err=True)
+
+    metrics = run.metrics()
+    click.echo(format_report(run, metrics))
+    if json_path is not None:
+        report = {"labels": str(labels_path), "root": str(root), **report_dict(run, metrics)}
+        json_path.write_text(json.dumps(report, indent=1) + "\n")
+    if not run.scores:
+        raise click.ClickException("no video was scored")
+    if rescaled_path is not None:
+        write_rescaled(run, rescaled_path)
+    if plot_path is not None:
+        plot_fit(run, metrics["overall"], plot_path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
