@@ -602,7 +602,7 @@ def _load(cfg, official, weights, clip_weights, random_weights, seed):
 
 
 def _weight_info(official, cover_path, clip_path) -> dict:
-    from cover_engine.runtime.engines.manifest import sha256_file
+    from cover_engine.runtime.hashing import sha256_file
 
     info = {}
     for key, wf, path in (("cover", COVER_WEIGHTS, cover_path), ("clip", CLIP_WEIGHTS, clip_path)):

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_HOME_ENV, COVER_WEIGHTS, WeightFile
 from cover_engine.runtime.errors import WeightsError
 from cover_engine.runtime.durable import fsync_dir
+from cover_engine.runtime.hashing import sha256_file, sha256_of
 
 #: The files ``cover-fetch`` manages, by the short names ``--only`` and ``--url`` accept.
 FILES: dict[str, WeightFile] = {"cover": COVER_WEIGHTS, "clip": CLIP_WEIGHTS}
@@ -62,11 +63,6 @@ def cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cover-engine"
     return Path.home() / ".cache" / "cover-engine"
-
-
-def sha256_file(path: PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    return _hash_of(Path(path)).hexdigest()
 
 
 def verify(path: PathLike, wf: WeightFile, *, full: bool = False) -> Optional[str]:
@@ -173,7 +169,7 @@ def download(wf: WeightFile, dest_dir: PathLike, *, urls: Optional[Sequence[str]
 def _transfer(url: str, part: Path, wf: WeightFile, *, progress: bool, timeout: float) -> str:
     """One request extending ``part`` (rewritten if the server ignores Range); its sha256."""
     offset = _size(part)
-    hasher = _hash_of(part) if offset else hashlib.sha256()
+    hasher = sha256_of(part) if offset else hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
@@ -243,14 +239,6 @@ def _describe(exc: BaseException) -> str:
 
 def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
-
-
-def _hash_of(path: Path) -> hashlib._Hash:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            hasher.update(chunk)
-    return hasher
 
 
 def _sidecar(path: Path) -> Path:

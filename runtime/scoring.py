@@ -96,7 +96,7 @@ def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
                           random_weights: bool = False, log=print) -> Path:
     """The cached ONNX export for these settings, exported now if missing."""
     from cover_engine.runtime.fetch import cache_dir
-    from cover_engine.runtime.engines.manifest import engine_cache_name
+    from cover_engine.runtime.engines.cache import engine_cache_name
 
     target = cache_dir() / "engines" / engine_cache_name(weights=weights, clip_weights=clip_weights,
                                                          config=config,

@@ -20,10 +20,11 @@ from onnx import TensorProto, helper
 from cover_engine.runtime.engines.ort_runner import OrtBackend, select_providers
 from cover_engine.runtime.constants import BRANCHES, ViewSpec, views_for_inputs
 from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.engines.cache import engine_cache_name
 from cover_engine.runtime.engines.manifest import (BATCH, MANIFEST_FILE, MANIFEST_SCHEMA, SCHEMA_VERSION,
                                            FileRef, GraphEntry, Manifest, TensorRTInfo,
                                            TensorSpec, check_io, check_tensorrt,
-                                           engine_cache_name, load_manifest, validate,
+                                           load_manifest, validate_manifest,
                                            write_manifest)
 
 T, HW, C = 2, 7, 3  # frames, grid, "feature channels" of the toy graphs
@@ -122,7 +123,7 @@ def test_written_manifest_matches_schema_and_round_trips(folder):
     data = json.loads((folder / MANIFEST_FILE).read_text())
     jsonschema.Draft202012Validator.check_schema(MANIFEST_SCHEMA)
     jsonschema.validate(data, MANIFEST_SCHEMA)
-    assert validate(data) == []
+    assert validate_manifest(data) == []
     manifest = load_manifest(folder)
     assert manifest.to_dict() == data
     assert data["schema_version"] == SCHEMA_VERSION
@@ -155,7 +156,7 @@ def test_validator_agrees_with_jsonschema(folder, mutation):
     MUTATIONS[mutation](data)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(data, MANIFEST_SCHEMA)
-    assert validate(data), mutation
+    assert validate_manifest(data), mutation
     (folder / MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(EngineError, match="invalid manifest"):
         load_manifest(folder)

@@ -29,8 +29,9 @@ from cover_engine.export.weights import load_model
 from cover_engine.runtime.engines.ort_runner import OrtBackend
 from cover_engine.runtime.constants import BRANCHES
 from cover_engine.runtime.errors import EngineError
-from cover_engine.runtime.engines.manifest import (MANIFEST_FILE, MANIFEST_SCHEMA, FileRef, load_manifest,
-                                           sha256_file, write_manifest)
+from cover_engine.runtime.engines.manifest import (MANIFEST_FILE, MANIFEST_SCHEMA, FileRef,
+                                                  load_manifest, write_manifest)
+from cover_engine.runtime.hashing import sha256_file
 from cover_engine.runtime.scoring import branch_scores
 
 pytestmark = pytest.mark.vectors

@@ -1,0 +1,171 @@
+"""The manifest's format: its constants, the words every manifest carries, and its JSON Schema.
+
+Everything a reader of ``manifest.json`` must agree on with its writer lives here;
+:mod:`.model` turns documents into dataclasses and :mod:`.io` reads, checks and writes them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from cover_engine.runtime.constants import BRANCHES
+
+__all__ = ["MANIFEST_FILE", "SCHEMA_ID", "SCHEMA_VERSION", "MODES", "PRECISIONS", "BATCH",
+           "SCORE_RULES", "PREPROCESSING", "MANIFEST_SCHEMA"]
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_ID = "cover-engine-manifest"
+SCHEMA_VERSION = 1
+MODES: tuple[str, ...] = ("video", "image")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+#: Name of the dynamic batch axis in graph shapes.
+BATCH = "batch"
+#: How the scores are formed from the graphs' score maps (the same words go into every manifest).
+SCORE_RULES: dict[str, Any] = {
+    "order": list(BRANCHES),
+    "branch": "mean over every element of the branch's score_map (per batch item)",
+    "overall": "semantic + technical + aesthetic",
+}
+
+#: How views are made from decoded frames: what a host without this package must implement to
+#: reproduce ``cover-run`` (the CPU path in ``runtime/`` and the CUDA kernels implement exactly
+#: this; the kernel source travels in the folder, see ``kernels``).
+PREPROCESSING: dict[str, str] = {
+    "decode": "each needed frame decoded once, in presentation order; frame count n = the "
+              "stream's frame count, or counted by demuxing when the container has none",
+    "colour": "YUV -> RGB with the stream's signalled matrix (BT.601/709/2020) and range, BT.601 "
+              "limited when unsignalled; chroma nearest-neighbour; rounded to uint8; rotation "
+              "metadata ignored (as upstream's decord)",
+    "temporal": "per view, fsize_t = clip_len // t_frag, tlen = n // t_frag, high = tlen - "
+                "fsize_t * frame_interval; segment i (0 <= i < t_frag) takes frames i * tlen + r "
+                "+ k * frame_interval (0 <= k < fsize_t), modulo n, with r = high // 2 if high > 0 "
+                "else 0",
+    "image": "a still image is one frame, T = 1, for every view; run the 'image' graphs",
+    "resize": "bilinear, align_corners=False, no antialiasing, aspect ratio not kept: per axis "
+              "scale = float32(in) / float32(out), src = max(scale * (o + 0.5) - 0.5, 0), i0 = "
+              "floor(src), i1 = min(i0 + 1, in - 1), w = src - i0 (float32); width pass then "
+              "height pass, each value fma(a, 1 - w, b * w); round half to even to uint8",
+    "fragments": "grid of fragments_h x fragments_w cells: cell start min(H // fragments_h * i, "
+                 "H - fsize_h), crop fsize_h x fsize_w at start + offset, offset = (H // "
+                 "fragments_h - fsize_h) // 2 when positive else 0 (same for width); one set of "
+                 "offsets for every `aligned` frames",
+    "upsample": "frames with min(H / (fragments_h * fsize_h), W / (fragments_w * fsize_w)) < 1 "
+                "are first upsampled for the fragment view by s = 1 / ratio: out = int(n * s), "
+                "the resize rule with scale = float32(1 / s) on x / 255, then * 255 truncated to "
+                "uint8; the grid is still computed from the original size (upstream's quirk)",
+    "normalise": "float32 (x - mean) / std per RGB channel, layout (B, 3, T, H, W)",
+}
+
+_DTYPES = ("float32", "float16")
+_SHA256 = "^[0-9a-f]{64}$"
+_FILE_REF = {
+    "type": "object",
+    "required": ["path", "bytes", "sha256"],
+    "properties": {"path": {"type": "string", "minLength": 1},
+                   "bytes": {"type": "integer", "minimum": 0},
+                   "sha256": {"type": "string", "pattern": _SHA256}},
+    "additionalProperties": False,
+}
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "dtype"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "shape": {"type": "array", "items": {"type": ["integer", "string"]}},
+        "dtype": {"enum": list(_DTYPES)},
+        "source": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
+_SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 1}}
+_NUMBERS3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+
+#: JSON Schema (draft 2020-12) of ``manifest.json``. The runtime checks manifests with the small
+#: validator of :mod:`.validator` (jsonschema is not a runtime dependency); the tests also use
+#: jsonschema.
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "cover-engine manifest",
+    "type": "object",
+    "required": ["schema", "schema_version", "name", "created", "precision", "opset", "batch",
+                 "model", "views", "normalisation", "preprocessing", "scores", "weights", "tools",
+                 "graphs", "tensorrt"],
+    "properties": {
+        "schema": {"const": SCHEMA_ID},
+        "schema_version": {"const": SCHEMA_VERSION},
+        "name": {"type": "string", "minLength": 1},
+        "created": {"type": "string"},
+        "precision": {"enum": list(PRECISIONS)},
+        "opset": {"type": "integer", "minimum": 17},
+        "batch": {
+            "type": "object", "required": ["min", "opt", "max"],
+            "properties": {k: {"type": "integer", "minimum": 1} for k in ("min", "opt", "max")},
+            "additionalProperties": False,
+        },
+        "model": {"type": "object"},
+        "views": {
+            "type": "object", "required": list(BRANCHES),
+            "additionalProperties": {
+                "type": "object",
+                "required": ["name", "kind", "clip_len", "t_frag", "frame_interval", "mean", "std"],
+                "properties": {"kind": {"enum": ["resize", "fragments"]},
+                               "mean": _NUMBERS3, "std": _NUMBERS3},
+            },
+        },
+        "normalisation": {
+            "type": "object", "required": list(BRANCHES),
+            "additionalProperties": {
+                "type": "object", "required": ["mean", "std", "input"],
+                "properties": {"mean": _NUMBERS3, "std": _NUMBERS3, "input": {"type": "string"}},
+            },
+        },
+        "preprocessing": {
+            "type": "object", "required": sorted(PREPROCESSING) + ["kernels"],
+            "properties": {"kernels": {"oneOf": [{"type": "null"}, _FILE_REF]}},
+            "additionalProperties": {"type": "string"},
+        },
+        "scores": {
+            "type": "object", "required": ["order", "branch", "overall"],
+            "properties": {"order": {"type": "array", "items": {"enum": list(BRANCHES)}},
+                           "branch": {"type": "string"}, "overall": {"type": "string"}},
+        },
+        "weights": {"type": "object"},
+        "tools": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+        "graphs": {
+            "type": "array", "minItems": 3,
+            "items": {
+                "type": "object",
+                "required": ["mode", "branch", "file", "external_data", "inputs", "outputs",
+                             "engine"],
+                "properties": {
+                    "mode": {"enum": list(MODES)},
+                    "branch": {"enum": list(BRANCHES)},
+                    "file": _FILE_REF,
+                    "external_data": {"oneOf": [{"type": "null"}, _FILE_REF]},
+                    "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
+                    "outputs": {"type": "array", "minItems": 1, "items": _TENSOR},
+                    "engine": {"oneOf": [{"type": "null"}, {
+                        "type": "object", "required": ["file", "profiles"],
+                        "properties": {
+                            "file": _FILE_REF,
+                            "profiles": {"type": "object", "additionalProperties": {
+                                "type": "object", "required": ["min", "opt", "max"],
+                                "properties": {"min": _SHAPE, "opt": _SHAPE, "max": _SHAPE},
+                                "additionalProperties": False}},
+                        },
+                        "additionalProperties": False,
+                    }]},
+                },
+                "additionalProperties": False,
+            },
+        },
+        "tensorrt": {"oneOf": [{"type": "null"}, {
+            "type": "object",
+            "required": ["version", "gpu", "compute_capability", "timing_cache"],
+            "properties": {"version": {"type": "string"}, "gpu": {"type": "string"},
+                           "compute_capability": {"type": "string", "pattern": r"^\d+\.\d+$"},
+                           "timing_cache": {"type": ["string", "null"]}},
+            "additionalProperties": False,
+        }]},
+    },
+    "additionalProperties": False,
+}
