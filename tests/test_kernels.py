@@ -24,6 +24,7 @@ from cover_engine.runtime.constants import OFFICIAL_VIEWS, ViewSpec
 from cover_engine.runtime.media.decode import probe
 from cover_engine.runtime.gpu.pipeline import (HostFrames, RgbFrames, _packed_tables, emulate_levels,
                                             emulate_view, semi_planar, view_tables)
+from cover_engine.runtime.views.geometry import fragment_grid
 from cover_engine.runtime.views.sampling import clip_rng, needed_frames
 from cover_engine.runtime.views.assemble import build_views, load_views, plan_views
 
@@ -137,28 +138,34 @@ def _vector_specs(vectors_dir) -> dict[str, ViewSpec]:
 
 
 @pytest.mark.vectors
-@pytest.mark.parametrize("case", ["clip", "small", "portrait", "image"])
-def test_emulated_geometry_reproduces_the_reference_views(vectors_dir, case):
+def test_emulated_geometry_reproduces_the_reference_views(vectors_dir):
     """The kernels' sampling (tables from the CPU plans, kernel order of operations) on
     upstream's own frames: equal to the CPU views, and to upstream's views within the vectors'
-    tolerance (fragments exact, resized within 1 level, 99.9% exact)."""
-    data = np.load(vectors_dir / "preprocess" / "views.npz")
+    tolerance (fragments exact; resized views, and fragments cut from an upsampled frame, within
+    1 level and 99.9% exact). Cases are whatever the vector folder holds (``CASE/frames``);
+    ``image`` is treated as an image, as the vectors' README says."""
+    with np.load(vectors_dir / "preprocess" / "views.npz") as npz:
+        data = {key: npz[key] for key in npz.files}
     specs = _vector_specs(vectors_dir)
-    frames = data[f"{case}/frames"]
-    n, h, w, _ = frames.shape
-    image = case == "image"
-    plans = plan_views(n, h, w, specs, is_image=image)
-    cpu = build_views(dict(enumerate(frames)), n, specs, is_image=image)
-    for name, spec in specs.items():
-        tables = view_tables([plans[name]], {i: i for i in range(n)}, h, w)
-        levels = emulate_levels(tables, RgbFrames(frames))[0]
-        np.testing.assert_array_equal(levels, cpu[name], err_msg=f"{case}/{name}")
-        ref = data[f"{case}/view/{name}"]
-        diff = np.abs(levels.astype(int) - ref)
-        if spec.kind == "fragments" and case != "small":
-            assert diff.max() == 0, f"{case}/{name}"
-        else:
-            assert diff.max() <= 1 and (diff == 0).mean() >= 0.999, f"{case}/{name}"
+    cases = sorted({key.split("/")[0] for key in data if key.endswith("/frames")})
+    assert cases, "no view cases in the vectors"
+    for case in cases:
+        frames = data[f"{case}/frames"]
+        n, h, w, _ = frames.shape
+        image = case == "image"
+        plans = plan_views(n, h, w, specs, is_image=image)
+        cpu = build_views(dict(enumerate(frames)), n, specs, is_image=image)
+        for name, spec in specs.items():
+            tables = view_tables([plans[name]], {i: i for i in range(n)}, h, w)
+            levels = emulate_levels(tables, RgbFrames(frames))[0]
+            np.testing.assert_array_equal(levels, cpu[name], err_msg=f"{case}/{name}")
+            ref = data[f"{case}/view/{name}"]
+            diff = np.abs(levels.astype(int) - ref)
+            upsampled = spec.kind == "fragments" and fragment_grid(h, w, spec).upsample is not None
+            if spec.kind == "fragments" and not upsampled:
+                assert diff.max() == 0, f"{case}/{name}"
+            else:
+                assert diff.max() <= 1 and (diff == 0).mean() >= 0.999, f"{case}/{name}"
 
 
 #: Views small enough to emulate quickly; the technical view keeps its official 7x7x32 grid,
