@@ -88,6 +88,22 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".m
                     ".flv", ".wmv", ".3gp", ".y4m")
 
 
+#: Codecs NVDEC has decoders for, by the name FFmpeg/PyAV gives the stream's decoder. Anything
+#: else (ProRes, FFV1, MJPEG, raw video, ...) takes the CPU path without asking the GPU. Whether
+#: this GPU decodes a codec at the stream's bit depth is asked of the driver per file
+#: (``GetDecoderCaps``; an H100 has no H.264 High10, older GPUs no AV1).
+NVDEC_CODECS: dict[str, str] = {
+    "h264": "H.264", "hevc": "HEVC", "vp9": "VP9", "libvpx-vp9": "VP9", "av1": "AV1",
+    "libdav1d": "AV1", "libaom-av1": "AV1", "vp8": "VP8", "libvpx": "VP8",
+    "mpeg1video": "MPEG-1", "mpeg2video": "MPEG-2", "mpeg4": "MPEG-4", "vc1": "VC-1",
+}
+#: Largest frame NVDEC decoders are opened for first (reused for every file up to this size
+#: through ``ReconfigureDecoder``; a larger file opens a decoder for its own size).
+NVDEC_MAX_SIZE: tuple[int, int] = (3840, 2160)
+#: Container setting that gives a Docker/Kubernetes GPU container the NVDEC library; without
+#: ``video`` in it every file silently takes the CPU path.
+NVDEC_CONTAINER_HINT = "containers need NVIDIA_DRIVER_CAPABILITIES to include video"
+
 @dataclass(frozen=True)
 class WeightFile:
     """A published weight file: where it lives, and how to recognise it."""

@@ -17,8 +17,11 @@ e.g. ``gpu.cuda.GpuError``).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = ["CoverError", "InputError", "ShortVideoError", "WeightsError", "EngineError",
-           "FitError", "GpuError", "KernelCompileError", "NvdecUnavailable", "one_line"]
+           "FitError", "GpuError", "KernelCompileError", "NvdecUnavailable", "one_line",
+           "CUDA_OUT_OF_MEMORY", "CUDA_STICKY"]
 
 
 class CoverError(Exception):
@@ -50,7 +53,38 @@ class FitError(CoverError):
 
 
 class GpuError(CoverError):
-    """No usable GPU / CUDA stack here, or a CUDA call failed."""
+    """No usable GPU / CUDA stack here, or a CUDA call failed.
+
+    ``status`` is the CUDA error's name (``cudaErrorInvalidValue``, ...) when a call failed, so
+    callers can tell a refusal of one request from a device that is out of memory or broken.
+    """
+
+    def __init__(self, message: str, status: Optional[str] = None):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def out_of_memory(self) -> bool:
+        return self.status in CUDA_OUT_OF_MEMORY
+
+    @property
+    def sticky(self) -> bool:
+        """The CUDA context is unusable from now on (every later call fails the same way)."""
+        return self.status in CUDA_STICKY
+
+
+#: CUDA statuses meaning "no device memory left" (runtime and driver names).
+CUDA_OUT_OF_MEMORY = frozenset({"cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY"})
+#: CUDA statuses after which the context is corrupt: the process can no longer use the GPU.
+CUDA_STICKY = frozenset({
+    "cudaErrorIllegalAddress", "cudaErrorLaunchFailure", "cudaErrorHardwareStackError",
+    "cudaErrorIllegalInstruction", "cudaErrorMisalignedAddress", "cudaErrorInvalidAddressSpace",
+    "cudaErrorInvalidPc", "cudaErrorECCUncorrectable", "cudaErrorAssert",
+    "cudaErrorContextIsDestroyed", "cudaErrorLaunchTimeout",
+    "CUDA_ERROR_ILLEGAL_ADDRESS", "CUDA_ERROR_LAUNCH_FAILED", "CUDA_ERROR_HARDWARE_STACK_ERROR",
+    "CUDA_ERROR_ILLEGAL_INSTRUCTION", "CUDA_ERROR_MISALIGNED_ADDRESS", "CUDA_ERROR_INVALID_PC",
+    "CUDA_ERROR_ECC_UNCORRECTABLE", "CUDA_ERROR_ASSERT", "CUDA_ERROR_CONTEXT_IS_DESTROYED",
+    "CUDA_ERROR_LAUNCH_TIMEOUT"})
 
 
 class KernelCompileError(GpuError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
@@ -42,6 +42,15 @@ class Scorer:
         start = time.perf_counter()
         views, info = load_views(path, self.backend.specs, seed=self.seed, clips=self.clips)
         return file_score(path, self.backend.run(views), info, self.name, start)
+
+    def score_many(self, paths: Iterable) -> Iterator[tuple[object, Union[FileScore, Exception]]]:
+        """``(path, FileScore or the exception it raised)`` for each file, in order; a file
+        that fails does not stop the others."""
+        for path in paths:
+            try:
+                yield path, self.score(path)
+            except Exception as exc:  # reported for this file; the batch goes on
+                yield path, exc
 
 
 def file_score(path, maps: Mapping[str, np.ndarray], info, backend: str,
@@ -150,3 +159,7 @@ class GpuScorer:
 
     def score(self, path) -> FileScore:
         return self.pipeline.score(path, seed=self.seed, clips=self.clips)
+
+    def score_many(self, paths: Iterable) -> Iterator[tuple[object, Union[FileScore, Exception]]]:
+        """As :meth:`Scorer.score_many`, decoding each file while the one before is inferred."""
+        return self.pipeline.score_many(paths, seed=self.seed, clips=self.clips)

@@ -11,11 +11,12 @@ import ctypes
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gpu_fakes import (CAPABILITY, GPU_NAME, TRT_VERSION, FakeBuffer, FakeCudaRuntime,
+                       fake_pynvvideocodec, fake_tensorrt, install_fake_gpu)
 from media import pattern, write_video
 
 from cover_engine.runtime.engines import trt_runner as bt
@@ -26,221 +27,12 @@ from cover_engine.runtime.engines.manifest import (BATCH, EngineRef, FileRef, Gr
                                            TensorRTInfo, TensorSpec, load_manifest,
                                            write_manifest)
 
-# ------------------------------------------------------------------------------ a fake TensorRT
-
-TRT_VERSION = "10.9.0.34"
-GPU_NAME, CAPABILITY = "NVIDIA A100-SXM4-80GB", "8.0"
-
-
-class FakeContext:
-    """Records what the backend asks of an execution context."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self.shapes: dict[str, tuple] = {}
-        self.addresses: dict[str, int] = {}
-        self.runs = 0
-
-    def set_input_shape(self, name, shape):
-        t = self.engine.tensors.get(name)
-        if t is None or t["mode"] != "INPUT" or len(shape) != len(t["shape"]) or shape[0] > 4:
-            return False
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def set_tensor_address(self, name, address):
-        if name not in self.engine.tensors:
-            return False
-        self.addresses[name] = address
-        return True
-
-    def execute_async_v3(self, stream_handle):
-        runtime = FakeCudaRuntime.current
-        if runtime is not None and runtime.capturing is not None:
-            runtime.capturing.append(self.run)  # recorded into the CUDA graph, not run
-        else:
-            self.run()
-        return True
-
-    def _tensor(self, name) -> np.ndarray:
-        shape = self.shapes.get(name) or (self.shapes["view"][0],) + tuple(
-            self.engine.tensors[name]["shape"][1:])
-        count = int(np.prod(shape))
-        return np.ctypeslib.as_array((ctypes.c_float * count).from_address(
-            self.addresses[name])).reshape(shape)
-
-    def run(self):
-        """A stand-in network reading and writing through the bound addresses: score maps are
-        the view's mean per item (plus the semantic features' mean after the semantic engine),
-        so any wrong binding shows in the numbers."""
-        view = self._tensor("view")
-        level = view.reshape(len(view), -1).mean(axis=1)
-        if "sem_feats" in self.shapes:
-            level = level + self._tensor("sem_feats").reshape(len(view), -1).mean(axis=1)
-        else:
-            self._tensor("sem_feats")[...] = level.reshape(-1, 1, 1) * 2
-        self.runs += 1
-        self._tensor("score_map")[...] = level.reshape((-1,) + (1,) * 4)
-
-
-class FakeEngine:
-    def __init__(self, tensors):
-        self.tensors = {t["name"]: t for t in tensors}
-        self.order = [t["name"] for t in tensors]
-
-    @property
-    def num_io_tensors(self):
-        return len(self.order)
-
-    def get_tensor_name(self, i):
-        return self.order[i]
-
-    def get_tensor_mode(self, name):
-        return self.tensors[name]["mode"]
-
-    def get_tensor_shape(self, name):
-        return tuple(self.tensors[name]["shape"])
-
-    def get_tensor_dtype(self, name):
-        return self.tensors[name]["dtype"]
-
-    def create_execution_context(self):
-        return FakeContext(self)
-
-
-def fake_tensorrt(version: str = TRT_VERSION) -> types.ModuleType:
-    """Just the TensorRT 10 Python API the backend uses; an engine file is JSON of its tensors."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT", NONE="NONE")
-    trt.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
-    trt.nptype = lambda dt: {"FLOAT": np.float32, "HALF": np.float16}[dt]
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level=None):
-            self.level = level
-
-    class Runtime:
-        def __init__(self, logger):
-            self.logger = logger
-
-        def deserialize_cuda_engine(self, data):
-            try:
-                return FakeEngine(json.loads(data))
-            except ValueError:
-                return None
-
-    trt.Logger, trt.Runtime = Logger, Runtime
-    return trt
-
-
-class FakeBuffer:
-    """Host memory posing as device memory (addresses are real, so bindings can be followed)."""
-
-    def __init__(self, nbytes):
-        self.nbytes = int(nbytes)
-        self._mem = np.zeros(max(self.nbytes, 1), np.uint8)
-        self.ptr = self._mem.ctypes.data
-        self.closed = False
-
-    def upload(self, array, stream=None, offset=0):
-        ctypes.memmove(self.ptr + offset, array.ctypes.data, array.nbytes)
-
-    def download(self, out, stream=None, offset=0):
-        ctypes.memmove(out.ctypes.data, self.ptr + offset, out.nbytes)
-        return out
-
-    def close(self):
-        self.closed = True
-
-
-class FakePinned:
-    def __init__(self, shape, dtype=np.float32):
-        self.array = np.zeros(shape, dtype)
-
-    def close(self):
-        pass
-
-
-class FakeStream:
-    handle = 7
-
-    def __int__(self):
-        return self.handle
-
-    def synchronize(self):
-        pass
-
-    def close(self):
-        pass
-
-
-class FakeEvent:
-    def __init__(self, timing=False):
-        pass
-
-    def record(self, stream):
-        return self
-
-    def synchronize(self):
-        pass
-
-    def query(self):
-        return True
-
-    def close(self):
-        pass
-
-
-class FakeCudaRuntime:
-    """Stream capture records the enqueued engine runs; a graph launch replays them."""
-
-    current = None
-
-    def __init__(self):
-        self.capturing = None
-        self.launches = 0
-        self.cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeThreadLocal=1)
-        FakeCudaRuntime.current = self
-
-    def cudaStreamBeginCapture(self, stream, mode):
-        self.capturing = []
-        return (0,)
-
-    def cudaStreamEndCapture(self, stream):
-        graph, self.capturing = self.capturing, None
-        return (0, graph)
-
-    def cudaGraphInstantiate(self, graph, flags):
-        return (0, list(graph))
-
-    def cudaGraphDestroy(self, graph):
-        return (0,)
-
-    def cudaGraphExecDestroy(self, graph):
-        return (0,)
-
-    def cudaGraphLaunch(self, graph, stream):
-        self.launches += 1
-        for run in graph:
-            run()
-        return (0,)
-
-
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """TensorRT and CUDA replaced by the fakes above, so the backend's orchestration runs here."""
-    runtime = FakeCudaRuntime()
+    """TensorRT and CUDA replaced by the fakes of gpu_fakes, so the backend's orchestration
+    runs here."""
+    runtime = install_fake_gpu(monkeypatch)
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
-    for name, value in {"use_device": lambda device=0: None,
-                        "compute_capability": lambda device=0: (8, 0),
-                        "device_name": lambda device=0: GPU_NAME,
-                        "DeviceBuffer": FakeBuffer, "PinnedArray": FakePinned,
-                        "Stream": FakeStream, "Event": FakeEvent,
-                        "cuda_api": lambda: (None, runtime, None)}.items():
-        monkeypatch.setattr(gpu, name, value)
     yield runtime
     FakeCudaRuntime.current = None
 
@@ -423,43 +215,6 @@ def test_an_input_no_engine_produces_is_refused(folder):
         bt.buffer_layout({**graphs, "aesthetic": odd}, 1)
 
 
-def test_nvdec_refusals_need_no_gpu(tmp_path):
-    from cover_engine.runtime.media.decode import MediaInfo
-    from cover_engine.runtime.gpu.nvdec import nvdec_refusal
-
-    base = dict(path="x.mp4", num_frames=10, width=64, height=48, fps=25.0, codec="h264",
-                pix_fmt="yuv420p", bit_depth=8, matrix="bt601", full_range=False, rotation=0,
-                is_image=False, counted=False)
-    assert "images" in nvdec_refusal(MediaInfo(**{**base, "is_image": True}))
-    assert "yuv444p" in nvdec_refusal(MediaInfo(**{**base, "pix_fmt": "yuv444p"}))
-    assert "rotation" in nvdec_refusal(MediaInfo(**{**base, "rotation": 90}), rotate=True)
-    reason = nvdec_refusal(MediaInfo(**base))
-    if reason is not None:  # a 4:2:0 video fails here only for want of PyNvVideoCodec / a GPU
-        assert "PyNvVideoCodec" in reason
-
-
-def test_decoded_frame_planes_are_read_from_the_cuda_array_interface():
-    from cover_engine.runtime.gpu.nvdec import NvdecUnavailable, frame_planes
-
-    def plane(ptr, shape, strides, typestr):
-        return types.SimpleNamespace(__cuda_array_interface__={
-            "shape": shape, "strides": strides, "typestr": typestr, "data": (ptr, False),
-            "version": 3})
-
-    frame = types.SimpleNamespace(cuda=lambda: [plane(4096, (1088, 1920, 1), (2048, 2, 1), "|u2"),
-                                                plane(9999, (544, 960, 2), (2048, 4, 2), "|u2")])
-    luma, chroma = frame_planes(frame)
-    assert (luma.ptr, luma.rows, luma.row_bytes, luma.pitch, luma.sample_bytes) == \
-        (4096, 1088, 3840, 2048, 2)
-    assert (chroma.rows, chroma.row_bytes, chroma.pitch) == (544, 3840, 2048)
-    packed = types.SimpleNamespace(cuda=lambda: [plane(1, (480, 640, 1), None, "|u1"),
-                                                 plane(2, (240, 320, 2), None, "|u1")])
-    assert frame_planes(packed)[0].pitch == 640
-    planar = types.SimpleNamespace(cuda=lambda: [plane(1, (480, 640, 1), None, "|u1")] * 3)
-    with pytest.raises(NvdecUnavailable, match="3 planes"):
-        frame_planes(planar)
-
-
 def test_frame_buffer_rows_are_aligned():
     from cover_engine.runtime.gpu.nvdec import frame_buffer_layout
 
@@ -500,6 +255,32 @@ def test_backend_runs_binds_and_replays_cuda_graphs(fake_gpu, folder):
         np.testing.assert_allclose(backend.run(other)[b], want, rtol=1e-5, err_msg=b)
 
 
+def test_cuda_graphs_are_kept_per_batch_size(fake_gpu, folder):
+    """Defect 8: switching batch size used to drop every captured graph. Each (mode, batch)
+    now has contexts and a graph of its own: alternating sizes replay, never recapture, and
+    every replay computes with its own shapes (the fake contexts read their shapes at run
+    time, so a graph replayed on contexts rebound for another size would give wrong maps)."""
+    backend = bt.TrtBackend(folder, in_flight=1, log=lambda m: None)
+    sizes = [3, 1, 3, 1] + [1, 3] * 4   # the buffers reach their largest size first
+    for k, batch in enumerate(sizes):
+        views = _views(batch, k)
+        maps = backend.run(views)
+        for b, want in _expected(views).items():
+            np.testing.assert_allclose(maps[b], want, rtol=1e-5, err_msg=f"run {k}, {b}")
+    slot = backend._slots[0]
+    assert slot.captures == 2 and sorted(slot.units) == [("video", 1), ("video", 3)]
+    assert fake_gpu.launches == len(sizes) - 4
+    engines = backend._engines_for("video")
+    assert all(len(e.contexts) == 2 for e in engines.values())  # one per batch size
+
+
+def test_execution_units_per_slot_are_bounded(fake_gpu, folder):
+    backend = bt.TrtBackend(folder, in_flight=1, cuda_graphs=False)
+    for batch in (4, 1, 2, 3, 4, 1):
+        backend.run(_views(batch, batch))
+    assert len(backend._slots[0].units) == bt.MAX_UNITS_PER_SLOT
+
+
 def test_backend_keeps_several_batches_in_flight(fake_gpu, folder):
     backend = bt.TrtBackend(folder, in_flight=2, cuda_graphs=False)
     batches = [_views(1 + k % 3, k) for k in range(5)]
@@ -537,8 +318,8 @@ class HostDecoder:
     def decode(self, path, indices, info, *, stream):
         import av
 
-        from cover_engine.runtime.media.colour import yuv_to_rgb_coefficients
         from cover_engine.runtime.gpu.pipeline import HostFrames, semi_planar
+        from cover_engine.runtime.media.colour import yuv_to_rgb_coefficients
 
         wanted, planes = [int(i) for i in indices], {}
         self.calls.append(wanted)
@@ -549,6 +330,7 @@ class HostDecoder:
                                  [:, :p.width] for p in frame.planes]
         nv12 = [semi_planar(*planes[k]) for k in wanted]
         conv = yuv_to_rgb_coefficients(info.matrix, info.full_range, info.bit_depth)
+
         class Frames(HostFrames):
             def close(self):  # what the slot calls once the kernels are done
                 pass
@@ -557,54 +339,101 @@ class HostDecoder:
 
 
 class EmulatedKernels:
-    """Stands in for the CUDA kernels: their numpy emulation, written where they would write."""
+    """Stands in for the CUDA kernels: their numpy emulation, written where they would write.
+    Decoded frames on the (fake) device are read back through ``DeviceFrames.download``."""
 
-    def __init__(self, device=0):
-        pass
+    def __init__(self, device=0, pool=None):
+        self.launches = 0
+        self.pool = pool if pool is not None else gpu.device_pool(device)
 
     def launch(self, frames, tables, out_ptr, out_dtype, out_shape, stream):
-        from cover_engine.runtime.gpu.pipeline import emulate_view
+        from cover_engine.runtime.gpu.nvdec import DeviceFrames
+        from cover_engine.runtime.gpu.pipeline import HostFrames, emulate_view
 
+        if isinstance(frames, DeviceFrames):
+            planes = [frames.download(s) for s in range(len(frames.indices))]
+            frames = HostFrames([y for y, _ in planes], [c for _, c in planes],
+                                frames.sample_shift, frames.conv)
         count = int(np.prod(out_shape))
         out = np.ctypeslib.as_array((ctypes.c_float * count).from_address(out_ptr))
         out.reshape(out_shape)[:tables.clips] = emulate_view(tables, frames)
-        return FakeBuffer(0)
+        self.launches += 1
+        return self.pool.take(256)  # the tables' lease, as the real launch returns
 
 
-def test_gpu_pipeline_wiring_gives_the_cpu_scores(fake_gpu, folder, tmp_path, monkeypatch):
-    """Plans, frame slots, per-view tables and view buffers of the fast path, with NVDEC and the
-    kernels replaced by host stand-ins: the scores are the CPU path's."""
-    from cover_engine.runtime.gpu import nvdec, pipeline as gpu_views
+def _cpu_scores(backend, video, seed, clips):
     from cover_engine.runtime.scoring import branch_scores
     from cover_engine.runtime.views.assemble import load_views
 
+    views, _ = load_views(video, backend.specs, seed=seed, clips=clips)
+    return {k: float(v.mean()) for k, v in branch_scores(backend.run(views)).items()}
+
+
+@pytest.fixture
+def pipeline_parts(fake_gpu, monkeypatch):
+    """The fast path with fake TensorRT and CUDA, the kernels' emulation, and a fake
+    PyNvVideoCodec 2.2.4 behind the real NvdecDecoder."""
+    from cover_engine.runtime.gpu import nvdec, pipeline as gpu_views
+
+    module = fake_pynvvideocodec()
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", module)
+    monkeypatch.setattr(nvdec, "_pynvvideocodec", lambda: (module, ""))
     monkeypatch.setattr(gpu_views, "ViewKernels", EmulatedKernels)
-    monkeypatch.setattr(nvdec, "import_pynvvideocodec", lambda: None)
+    return gpu_views, module
+
+
+def test_gpu_pipeline_wiring_gives_the_cpu_scores(pipeline_parts, folder, tmp_path):
+    """Plans, frame slots, per-view tables and view buffers of the fast path, with the host
+    stand-in for NVDEC: the scores are the CPU path's."""
+    gpu_views, _ = pipeline_parts
     video = _encode_h264(tmp_path / "clip.mp4")
     backend = bt.TrtBackend(folder)
     decoder, notices = HostDecoder(), []
     pipeline = gpu_views.GpuPipeline(backend, decoder=decoder, log=notices.append)
     for seed, clips in ((None, 1), (4, 2)):
         got = pipeline.score(video, seed=seed, clips=clips)
-        views, _ = load_views(video, backend.specs, seed=seed, clips=clips)
-        want = {k: float(v.mean()) for k, v in branch_scores(backend.run(views)).items()}
-        for field, value in want.items():
+        for field, value in _cpu_scores(backend, video, seed, clips).items():
             assert getattr(got, field) == pytest.approx(value, rel=1e-6), (seed, field)
         assert got.backend == "tensorrt-fp16+nvdec"
     assert notices == [] and len(decoder.calls) == 2
     assert decoder.calls[0] == sorted(set(decoder.calls[0]))  # each needed frame once
 
 
-def test_gpu_pipeline_falls_back_to_the_cpu_with_one_notice(fake_gpu, folder, tmp_path,
-                                                            monkeypatch):
-    from cover_engine.runtime.gpu import nvdec, pipeline as gpu_views
+def test_nvdec_pipeline_gives_the_cpu_scores(pipeline_parts, folder, tmp_path):
+    """The real decoder over the fake PyNvVideoCodec (NV12 and P016, element strides, odd
+    sizes), through the pooled frame buffers and the kernels' maths, to the CPU's scores."""
+    gpu_views, _ = pipeline_parts
+    videos = [_encode_h264(tmp_path / "clip.mp4")]
+    from media import has_encoder, textured
+    if has_encoder("libx265"):
+        videos.append(write_video(tmp_path / "hevc10.mkv",
+                                  [textured(112, 176, t) for t in range(24)], codec="libx265",
+                                  pix_fmt="yuv420p10le",
+                                  options={"x265-params": "log-level=error"}))
+    if has_encoder("libvpx-vp9"):
+        videos.append(write_video(tmp_path / "odd.webm",
+                                  [textured(117, 175, t) for t in range(24)], codec="libvpx-vp9",
+                                  options={"deadline": "realtime", "cpu-used": "8"}))
+    backend = bt.TrtBackend(folder)
+    notices = []
+    pipeline = gpu_views.GpuPipeline(backend, log=notices.append)
+    for video in videos:
+        got = pipeline.score(video, seed=3, clips=2)
+        for field, value in _cpu_scores(backend, video, 3, 2).items():
+            assert getattr(got, field) == pytest.approx(value, rel=1e-6), (video.name, field)
+        assert got.backend == "tensorrt-fp16+nvdec", video.name
+    assert notices == [] and pipeline.nvdec_files == len(videos)
+
+
+def test_gpu_pipeline_falls_back_to_the_cpu_with_one_notice(pipeline_parts, folder, tmp_path):
+    from cover_engine.runtime.gpu import nvdec
+
+    gpu_views, _ = pipeline_parts
 
     class Refusing:
         def decode(self, path, indices, info, *, stream):
             raise nvdec.NvdecUnavailable("NVDEC cannot decode h264: no decoder engine")
 
-    monkeypatch.setattr(gpu_views, "ViewKernels", EmulatedKernels)
-    monkeypatch.setattr(nvdec, "import_pynvvideocodec", lambda: None)
     video = _encode_h264(tmp_path / "clip.mp4", frames=12)
     notices = []
     pipeline = gpu_views.GpuPipeline(bt.TrtBackend(folder), decoder=Refusing(),
@@ -613,6 +442,71 @@ def test_gpu_pipeline_falls_back_to_the_cpu_with_one_notice(fake_gpu, folder, tm
     assert first.overall == second.overall and first.backend == "tensorrt-fp16"
     assert notices == ["cover-run: NVDEC not used (NVDEC cannot decode h264: no decoder "
                        "engine); decoding on the CPU"]
+    assert pipeline.cpu_files == 2 and pipeline.nvdec_files == 0
+
+
+def test_a_gpu_failure_is_not_hidden_by_the_cpu_path(pipeline_parts, folder, tmp_path):
+    """Defect 6 at the pipeline: out of memory while decoding fails the file; it does not
+    quietly run on the CPU."""
+    gpu_views, module = pipeline_parts
+
+    class OutOfMemory(module.SimpleDecoder):
+        def get_batch_frames_by_index(self, indices):
+            raise RuntimeError("cuMemAlloc returned CUDA_ERROR_OUT_OF_MEMORY")
+
+    module.SimpleDecoder = OutOfMemory
+    notices = []
+    pipeline = gpu_views.GpuPipeline(bt.TrtBackend(folder), log=notices.append)
+    with pytest.raises(gpu.GpuError, match="out of GPU memory"):
+        pipeline.score(_encode_h264(tmp_path / "clip.mp4", frames=12))
+    assert notices == [] and pipeline.cpu_files == 0
+
+
+def test_score_many_decodes_the_next_file_while_one_is_inferred(pipeline_parts, folder,
+                                                                tmp_path):
+    """Defect 8: score() waited for each file, so the two slots never overlapped. score_many
+    submits file k+1 (decoding it) before collecting file k's result; a bad file in the
+    middle is reported in its place and the others are scored."""
+    gpu_views, _ = pipeline_parts
+    videos = [_encode_h264(tmp_path / f"clip{k}.mp4", frames=12 + 4 * k) for k in range(4)]
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    order = []
+    backend = bt.TrtBackend(folder, in_flight=2)
+    pipeline = gpu_views.GpuPipeline(backend, log=lambda m: None)
+    submit, finish = pipeline.submit, pipeline._finish
+    pipeline.submit = lambda path, **kw: (order.append(("submit", Path(path).name)),
+                                          submit(path, **kw))[1]
+    pipeline._finish = lambda path, job: (order.append(("result", Path(path).name)),
+                                          finish(path, job))[1]
+    paths = videos[:2] + [bad] + videos[2:]
+    got = list(pipeline.score_many(paths))
+    assert [p for p, _ in got] == paths
+    assert isinstance(got[2][1], Exception) and "broken.mp4" in str(got[2][1])
+    for (path, score) in got[:2] + got[3:]:
+        assert score.overall == pytest.approx(pipeline.score(path).overall, rel=1e-6)
+    names = [n for _, n in order[:5]]
+    assert order[:3] == [("submit", "clip0.mp4"), ("submit", "clip1.mp4"),
+                         ("result", "clip0.mp4")], order
+    assert names.index("clip1.mp4") < [o for o in order].index(("result", "clip0.mp4"))
+
+
+def test_views_and_frames_come_from_the_pool(pipeline_parts, folder, tmp_path, monkeypatch):
+    """Defect 8: no cudaMalloc / cudaFree per launch or per file once the pool is warm."""
+    gpu_views, _ = pipeline_parts
+    import gpu_fakes
+
+    video = _encode_h264(tmp_path / "clip.mp4", frames=16)
+    backend = bt.TrtBackend(folder, in_flight=2)
+    pipeline = gpu_views.GpuPipeline(backend, log=lambda m: None)
+    for _ in range(2):  # warm: both slots, their buffers, the pool's frame buffers
+        pipeline.score(video, clips=2)
+    made, freed = gpu_fakes.FakeBuffer.made, gpu_fakes.FakeBuffer.freed
+    for _ in range(4):
+        list(pipeline.score_many([video, video], clips=2))
+    assert (gpu_fakes.FakeBuffer.made, gpu_fakes.FakeBuffer.freed) == (made, freed)
+    # held by the slots until reused: per file the frames, their address table, 3 view tables
+    assert pipeline.decoder.pool.leased <= 5 * len(backend._slots)
 
 
 # ------------------------------------------------------------------------------ on a GPU
@@ -648,23 +542,24 @@ def _vectors_config(vectors_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trt_folder(tmp_path_factory, vectors_dir):
+def trt_folder(tmp_path_factory, gpu_vectors_dir):
     """Engines of the reference vectors' small model (random weights), built here."""
     pytest.importorskip("tensorrt")
     pytest.importorskip("torch")
     from cover_engine.export.onnx_export import export_all
 
     out = tmp_path_factory.mktemp("trt")
-    export_all(out, config=_vectors_config(vectors_dir), random_weights=True, precision="fp32",
+    export_all(out, config=_vectors_config(gpu_vectors_dir), random_weights=True,
+               precision="fp32",
                engines=True, batch_max=2, log=lambda m: None)
     return out
 
 
 @pytest.mark.gpu
-def test_tensorrt_matches_onnxruntime_and_replays_graphs(trt_folder, vectors_dir):
+def test_tensorrt_matches_onnxruntime_and_replays_graphs(trt_folder, gpu_vectors_dir):
     from cover_engine.runtime.engines.ort_runner import OrtBackend
 
-    io = np.load(vectors_dir / "model" / "io.npz")
+    io = np.load(gpu_vectors_dir / "model" / "io.npz")
     views = {b: np.concatenate([io[f"video/input/{b}"]] * 2) for b in ("semantic", "technical",
                                                                       "aesthetic")}
     want = OrtBackend(trt_folder).run(views)
@@ -686,17 +581,26 @@ def test_tensorrt_matches_onnxruntime_and_replays_graphs(trt_folder, vectors_dir
 
 
 @pytest.mark.gpu
-def test_nvdec_pipeline_scores_like_the_cpu_path(trt_folder, tmp_path):
+def test_nvdec_pipeline_scores_like_the_cpu_path(trt_folder, tmp_path, nvdec_required):
+    """The whole fast path on a GPU: NVDEC must decode (no notice, no CPU fallback), and the
+    scores are the CPU path's; a folder through score_many gives the same scores."""
     from cover_engine.runtime.engines.ort_runner import OrtBackend
     from cover_engine.runtime.gpu.pipeline import GpuPipeline
     from cover_engine.runtime.scoring import Scorer
 
-    path = _encode_h264(tmp_path / "clip.mp4", frames=40)
-    cpu = Scorer(OrtBackend(trt_folder), clips=2).score(path)
+    paths = [_encode_h264(tmp_path / f"clip{k}.mp4", frames=40 + 8 * k) for k in range(3)]
+    cpu = [Scorer(OrtBackend(trt_folder), clips=2).score(p) for p in paths]
     notices = []
     backend = bt.TrtBackend(trt_folder)
-    got = GpuPipeline(backend, log=notices.append).score(path, clips=2)
-    for field in ("semantic", "technical", "aesthetic", "overall"):
-        assert getattr(got, field) == pytest.approx(getattr(cpu, field), abs=5e-3), field
-    assert all("NVDEC not used" in n for n in notices) and len(notices) <= 1
+    pipeline = GpuPipeline(backend, log=notices.append)
+    got = pipeline.score(paths[0], clips=2)
+    many = list(pipeline.score_many(paths, clips=2))
+    assert notices == [], notices
+    assert pipeline.nvdec_files == 1 + len(paths) and pipeline.cpu_files == 0
+    assert got.backend.endswith("+nvdec")
+    for want, (path, score) in zip(cpu, [(paths[0], got)] + many):
+        assert not isinstance(score, Exception), score
+        for field in ("semantic", "technical", "aesthetic", "overall"):
+            assert getattr(score, field) == pytest.approx(getattr(want, field), abs=5e-3), \
+                (path, field)
     backend.close()

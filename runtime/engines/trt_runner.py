@@ -9,14 +9,17 @@ by another version or for another GPU, so the backend says to rebuild them inste
 
 Execution: the semantic engine first (its ``sem_feats`` feed the technical and aesthetic
 engines), all three enqueued on one stream with ``execute_async_v3``. Device memory, streams and
-events come from cuda-python (:mod:`.gpu`). For each batch size the three enqueues are captured
-once into a CUDA graph and replayed (shapes and addresses stay fixed per slot), falling back to
-plain enqueues where capture is refused. Several clips are in flight at once: each *slot* owns
-its execution contexts, buffers, stream and pinned output memory, and :meth:`TrtBackend.submit`
-returns at once with a :class:`Pending` result.
+events come from cuda-python (:mod:`~cover_engine.runtime.gpu.cuda`). For each (mode, batch size)
+a slot keeps execution contexts of its own; after one warm-up run their three enqueues are
+captured once into a CUDA graph and replayed from then on, so alternating batch sizes replay
+their own graphs instead of recapturing (plain enqueues where capture is refused). Several
+clips are in flight at once: each *slot* owns its execution contexts, buffers, stream and
+pinned output memory, and :meth:`TrtBackend.submit` returns at once with a :class:`Pending`
+result.
 
-The GPU preprocessing (:mod:`.gpu_views`) writes views straight into a slot's input buffers
-(:meth:`TrtBackend.acquire` / :meth:`TrtBackend.enqueue`), so decoded frames never leave the GPU.
+The GPU preprocessing (:mod:`~cover_engine.runtime.gpu.pipeline`) writes views straight into a
+slot's input buffers (:meth:`TrtBackend.acquire` / :meth:`TrtBackend.enqueue`), so decoded
+frames never leave the GPU.
 """
 from __future__ import annotations
 
@@ -167,24 +170,47 @@ class DeviceTensor:
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
 
+#: Execution units (contexts + graph) a slot keeps, one per (mode, batch) in use; the least
+#: recently used is dropped beyond this (each context holds its own activation memory).
+MAX_UNITS_PER_SLOT = 4
+
+
+class _Unit:
+    """The three execution contexts bound for one (mode, batch) in one slot, and their CUDA
+    graph. A captured graph replays the shapes and addresses it was captured with, and TensorRT
+    may keep shape-dependent state inside a context: so each (mode, batch) has contexts of its
+    own, and switching batch size never invalidates another batch size's graph."""
+
+    def __init__(self, contexts: dict[str, object]):
+        self.contexts = contexts
+        self.addresses: Optional[dict[str, int]] = None   # what the contexts are bound to
+        self.graph = None                                  # cudaGraphExec_t
+        self.runs = 0                                      # plain runs since (re)binding
+
+    def drop_graph(self, runtime) -> None:
+        if self.graph is not None:
+            runtime.cudaGraphExecDestroy(self.graph)
+            self.graph = None
+        self.runs = 0
+
+
 class _Slot:
-    """One in-flight unit: execution contexts, device buffers, stream, pinned outputs, graphs."""
+    """One in-flight unit of work: device buffers, stream, pinned outputs, and an execution
+    :class:`_Unit` per (mode, batch) it has run."""
 
     def __init__(self, owner: "TrtBackend"):
         self.owner = owner
         self.stream = gpu.Stream()
         self.done = gpu.Event()
-        self.contexts: dict[str, dict[str, object]] = {}
+        self.units: "collections.OrderedDict[tuple[str, int], _Unit]" = collections.OrderedDict()
         self.buffers: dict[str, gpu.DeviceBuffer] = {}
         self.host_out: dict[str, gpu.PinnedArray] = {}
         self.staging: dict[str, gpu.PinnedArray] = {}
-        self.bound: Optional[tuple[str, int]] = None  # (mode, batch) of the current bindings
-        self.graphs: dict[tuple[str, int], object] = {}  # (mode, batch) -> cudaGraphExec_t
-        self.warm: set[tuple[str, int]] = set()
         self.pending: Optional["Pending"] = None
         self.held: list = []        # resources the queued work reads (decoded frames, tables)
         self.mode = ""
         self.batch = 0
+        self.captures = 0           # graphs captured (tests: a batch switch must not recapture)
 
     def hold(self, resource) -> None:
         """Keep ``resource`` (anything with ``close()``) alive until this slot's run is done."""
@@ -196,17 +222,24 @@ class _Slot:
             resource.close()
         self.held.clear()
 
-    def contexts_for(self, mode: str) -> dict[str, object]:
-        if mode not in self.contexts:
-            engines = self.owner._engines_for(mode)
-            self.contexts[mode] = {b: engines[b].create_execution_context() for b in BRANCHES}
-            if any(c is None for c in self.contexts[mode].values()):
-                raise EngineError("TensorRT could not create an execution context "
-                                  "(out of GPU memory?)")
-        return self.contexts[mode]
+    def _unit(self, mode: str, batch: int) -> _Unit:
+        key = (mode, batch)
+        if key in self.units:
+            self.units.move_to_end(key)
+            return self.units[key]
+        while len(self.units) >= MAX_UNITS_PER_SLOT:
+            _, old = self.units.popitem(last=False)
+            old.drop_graph(gpu.cuda_api()[1])
+        engines = self.owner._engines_for(mode)
+        contexts = {b: engines[b].create_execution_context() for b in BRANCHES}
+        if any(c is None for c in contexts.values()):
+            raise EngineError("TensorRT could not create an execution context "
+                              "(out of GPU memory?)")
+        self.units[key] = _Unit(contexts)
+        return self.units[key]
 
     def prepare(self, mode: str, batch: int) -> None:
-        """Buffers large enough for ``batch`` items of ``mode``, every context bound to them."""
+        """Buffers large enough for ``batch`` items of ``mode``, its unit bound to them."""
         if self.pending is not None:
             self.pending._collect()
         self._release_held()
@@ -216,18 +249,22 @@ class _Slot:
         if any(k not in self.buffers or self.buffers[k].nbytes < n for k, n in need.items()):
             sizes = {k: max(n, self.buffers[k].nbytes if k in self.buffers else 0)
                      for k, n in need.items()}
-            self._release_graphs()
+            for k, buf in self.buffers.items():
+                sizes.setdefault(k, buf.nbytes)
+            runtime = gpu.cuda_api()[1]
+            for unit in self.units.values():  # new addresses: every graph is stale
+                unit.drop_graph(runtime)
+                unit.addresses = None
             for buf in self.buffers.values():
                 buf.close()
             self.buffers = {k: gpu.DeviceBuffer(n) for k, n in sizes.items()}
-            self.bound = None
-        if self.bound != (mode, batch):
-            self._release_graphs()  # a graph replays the shapes it was captured with
-            addresses = {k: b.ptr for k, b in self.buffers.items()}
-            contexts = self.contexts_for(mode)
+        unit = self._unit(mode, batch)
+        addresses = {k: b.ptr for k, b in self.buffers.items()}
+        if unit.addresses != addresses:
+            unit.drop_graph(gpu.cuda_api()[1])
             for branch in BRANCHES:
-                bind(contexts[branch], graphs[branch], batch, addresses)
-            self.bound = (mode, batch)
+                bind(unit.contexts[branch], graphs[branch], batch, addresses)
+            unit.addresses = addresses
         self.mode, self.batch = mode, batch
 
     def view(self, branch: str) -> DeviceTensor:
@@ -250,17 +287,15 @@ class _Slot:
 
     def execute(self) -> None:
         """Enqueue the three engines (as a CUDA graph when possible) and the score-map copies."""
-        key = (self.mode, self.batch)
-        contexts = self.contexts_for(self.mode)
-        if key in self.graphs:
-            gpu.check(gpu.cuda_api()[1].cudaGraphLaunch(self.graphs[key], self.stream.handle),
+        unit = self._unit(self.mode, self.batch)
+        if unit.graph is not None:
+            gpu.check(gpu.cuda_api()[1].cudaGraphLaunch(unit.graph, self.stream.handle),
                       "cudaGraphLaunch")
         else:
-            self._enqueue(contexts)
-            if self.owner.cuda_graphs and key not in self.warm:
-                self.warm.add(key)          # first run with these shapes: capture next time
-            elif self.owner.cuda_graphs:
-                self._capture(contexts, key)
+            self._enqueue(unit.contexts)
+            unit.runs += 1
+            if self.owner.cuda_graphs and unit.runs >= 2:  # shapes warmed up: capture now
+                self._capture(unit)
         layout = buffer_layout(self.owner._graphs(self.mode), self.batch)
         for branch in BRANCHES:
             k = tensor_key(branch, "score_map")
@@ -277,7 +312,7 @@ class _Slot:
             if not contexts[branch].execute_async_v3(self.stream.handle):
                 raise EngineError(f"TensorRT failed to enqueue the {self.mode}/{branch} engine")
 
-    def _capture(self, contexts, key) -> None:
+    def _capture(self, unit: _Unit) -> None:
         """Record the three enqueues into a CUDA graph for later runs of this (mode, batch).
         The work just enqueued already computes this run; capture only records."""
         _, runtime, _ = gpu.cuda_api()
@@ -286,7 +321,7 @@ class _Slot:
         gpu.check(runtime.cudaStreamBeginCapture(self.stream.handle, mode),
                   "cudaStreamBeginCapture")
         try:
-            ok = all(contexts[b].execute_async_v3(self.stream.handle) for b in BRANCHES)
+            ok = all(unit.contexts[b].execute_async_v3(self.stream.handle) for b in BRANCHES)
         finally:  # always leave capture mode, or the stream stays unusable
             status, graph = runtime.cudaStreamEndCapture(self.stream.handle)
         if not ok or int(status) != 0:
@@ -294,23 +329,20 @@ class _Slot:
             return
         graph_exec = gpu.check(runtime.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
         gpu.check(runtime.cudaGraphDestroy(graph), "cudaGraphDestroy")
-        self.graphs[key] = graph_exec
+        unit.graph = graph_exec
+        self.captures += 1
 
     def results(self) -> dict[str, np.ndarray]:
         self.done.synchronize()
         return {b: np.array(self.host_out[tensor_key(b, "score_map")].array, dtype=np.float32)
                 for b in BRANCHES}
 
-    def _release_graphs(self) -> None:
-        _, runtime, _ = gpu.cuda_api()
-        for g in self.graphs.values():
-            runtime.cudaGraphExecDestroy(g)
-        self.graphs.clear()
-        self.warm.clear()
-
     def close(self) -> None:
         self._release_held()
-        self._release_graphs()
+        runtime = gpu.cuda_api()[1]
+        for unit in self.units.values():
+            unit.drop_graph(runtime)
+        self.units.clear()
         for buf in self.buffers.values():
             buf.close()
         for arr in list(self.host_out.values()) + list(self.staging.values()):

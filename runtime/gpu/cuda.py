@@ -53,7 +53,7 @@ def check(result, what: str = "CUDA call"):
     status, *values = result if isinstance(result, tuple) else (result,)
     if int(status) != 0:
         name = getattr(status, "name", str(status))
-        raise GpuError(f"{what} failed: {name}")
+        raise GpuError(f"{what} failed: {name}", status=name)
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
@@ -68,6 +68,21 @@ def gpu_available() -> bool:
         return int(status) == 0 and count > 0
     except Exception:  # missing driver library, broken install: all mean "no GPU here"
         return False
+
+
+def device_fault() -> Optional[str]:
+    """The name of the error that broke this process's CUDA context, or ``None`` when it works.
+
+    Used after a library (PyNvVideoCodec, TensorRT) raised: a sticky fault (illegal address,
+    ECC error, ...) is returned by every later call, so waiting for the device reveals it.
+    Waits for all queued work; only for error paths.
+    """
+    try:
+        _, runtime, _ = cuda_api()
+        status, = runtime.cudaDeviceSynchronize()
+    except Exception:  # no cuda-python / driver: nothing to report
+        return None
+    return None if int(status) == 0 else getattr(status, "name", str(status))
 
 
 def require_gpu() -> None:
@@ -228,6 +243,114 @@ class DeviceBuffer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Lease:
+    """A :class:`DeviceBuffer` on loan from a :class:`DevicePool`: ``close()`` hands it back
+    (once) instead of freeing it. Reads and writes go to the pooled buffer."""
+
+    def __init__(self, pool: "DevicePool", buffer: DeviceBuffer, nbytes: int):
+        self._pool, self._buffer = pool, buffer
+        self.ptr, self.nbytes = buffer.ptr, int(nbytes)
+
+    def __int__(self) -> int:
+        return self.ptr
+
+    def upload(self, array: np.ndarray, stream: Optional[Stream] = None, offset: int = 0) -> None:
+        self._check(array.nbytes, offset)
+        self._buffer.upload(array, stream, offset)
+
+    def download(self, out: np.ndarray, stream: Optional[Stream] = None,
+                 offset: int = 0) -> np.ndarray:
+        self._check(out.nbytes, offset)
+        return self._buffer.download(out, stream, offset)
+
+    def _check(self, nbytes: int, offset: int) -> None:
+        if offset < 0 or offset + nbytes > self.nbytes:
+            raise ValueError(f"{nbytes} bytes at {offset} overflow a lease of {self.nbytes}")
+
+    @property
+    def closed(self) -> bool:
+        return self._buffer is None
+
+    @property
+    def buffer(self) -> Optional[DeviceBuffer]:
+        """The pooled buffer behind the lease (``None`` once handed back)."""
+        return self._buffer
+
+    def close(self) -> None:
+        if self._buffer is not None:
+            self._pool._give(self._buffer)
+            self._buffer = None
+            self.ptr = 0
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DevicePool:
+    """Device buffers kept for reuse instead of ``cudaMalloc`` / ``cudaFree`` per file or launch.
+
+    ``cudaFree`` waits for the whole device (it would stall the inference of the file before),
+    and ``cudaMalloc`` of a frame buffer costs more than the copy into it. The pool hands out the
+    smallest idle buffer that fits (at most twice the size asked for, so one huge buffer is not
+    tied up by small requests), else allocates a new one. A buffer must only be handed back once
+    the work reading it has finished (the slot that holds it synchronises its stream first).
+    Idle buffers beyond ``keep_bytes`` are freed, largest first.
+    """
+
+    def __init__(self, keep_bytes: int = 2 << 30):
+        self.keep_bytes = int(keep_bytes)
+        self._idle: list[DeviceBuffer] = []
+        self.leased = 0          # buffers out on loan (a leak shows here)
+        self.allocations = 0     # cudaMalloc calls made, for tests and benchmarks
+
+    def take(self, nbytes: int) -> Lease:
+        nbytes = max(int(nbytes), 1)
+        fits = [b for b in self._idle if nbytes <= b.nbytes <= 2 * nbytes]
+        if fits:
+            buffer = min(fits, key=lambda b: b.nbytes)
+            self._idle.remove(buffer)
+        else:
+            buffer = DeviceBuffer(nbytes)
+            self.allocations += 1
+        self.leased += 1
+        return Lease(self, buffer, nbytes)
+
+    def _give(self, buffer: DeviceBuffer) -> None:
+        self.leased -= 1
+        self._idle.append(buffer)
+        idle = sum(b.nbytes for b in self._idle)
+        for big in sorted(self._idle, key=lambda b: -b.nbytes):
+            if idle <= self.keep_bytes:
+                break
+            self._idle.remove(big)
+            idle -= big.nbytes
+            big.close()
+
+    @property
+    def idle_bytes(self) -> int:
+        return sum(b.nbytes for b in self._idle)
+
+    def close(self) -> None:
+        """Free the idle buffers (leased ones are freed when handed back after this)."""
+        for buffer in self._idle:
+            buffer.close()
+        self._idle.clear()
+        self.keep_bytes = 0
+
+
+_POOLS: dict[int, DevicePool] = {}
+
+
+def device_pool(device: int = 0) -> DevicePool:
+    """The process's pool for ``device`` (decoded frames and kernel tables share it)."""
+    if device not in _POOLS:
+        _POOLS[device] = DevicePool()
+    return _POOLS[device]
 
 
 class PinnedArray:

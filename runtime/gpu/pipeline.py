@@ -17,9 +17,10 @@ through the CPU path instead, after a one-line notice.
 """
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -237,27 +238,44 @@ def _packed_tables(tables: ViewTables, conv: YuvToRgb) -> tuple[np.ndarray, dict
 
 
 class ViewKernels:
-    """``views.cu`` compiled by NVRTC for the current GPU, launched one view at a time."""
+    """``views.cu`` compiled by NVRTC for the current GPU, launched one view at a time.
 
-    def __init__(self, device: int = 0):
+    Each launch's tables go into a buffer from ``pool`` (no ``cudaMalloc`` / ``cudaFree`` per
+    launch: ``cudaFree`` would wait for the whole device)."""
+
+    def __init__(self, device: int = 0, pool: Optional[gpu.DevicePool] = None):
         module = gpu.load_module(KERNEL_FILE, device)
         self.resize = module.kernel("cover_resize_view")
         self.fragments = module.kernel("cover_fragments_view")
+        self.pool = pool if pool is not None else gpu.device_pool(device)
 
     def launch(self, frames, tables: ViewTables, out_ptr: int, out_dtype: str,
-               out_shape: Sequence[int], stream: gpu.Stream) -> gpu.DeviceBuffer:
+               out_shape: Sequence[int], stream: gpu.Stream) -> gpu.Lease:
         """Write one view of every clip into the ``(B, 3, T, H, W)`` buffer at ``out_ptr``
         (``B >= clips``; clips fill the first items). ``frames`` is a :class:`.nvdec.DeviceFrames`.
-        Returns the device tables, to be kept alive until ``stream`` has run the kernel."""
+        Returns the tables' lease, to be closed once ``stream`` has run the kernel."""
         if tuple(out_shape[1:]) != tables.shape[1:] or out_shape[0] < tables.clips:
             raise ValueError(f"{tables.spec.name} view {tables.shape} does not fit the input "
                              f"buffer {tuple(out_shape)}")
         if out_dtype not in ("float32", "float16"):
             raise ValueError(f"view buffers must be float32 or float16, not {out_dtype}")
         host, offset = _packed_tables(tables, frames.conv)
-        table = gpu.DeviceBuffer(host.nbytes)
-        table.upload(host, stream)
-        at = {name: np.uint64(table.ptr + off) for name, off in offset.items()}
+        table = self.pool.take(host.nbytes)
+        try:
+            table.upload(host, stream)
+            self._launch(frames, tables, table.ptr, offset, out_ptr, out_dtype, out_shape, stream)
+        except BaseException:
+            try:
+                stream.synchronize()  # the queued upload may still write into the lease
+            finally:
+                table.close()
+            raise
+        return table
+
+    def _launch(self, frames, tables: ViewTables, base: int, offset: Mapping[str, int],
+                out_ptr: int, out_dtype: str, out_shape: Sequence[int],
+                stream: gpu.Stream) -> None:
+        at = {name: np.uint64(base + off) for name, off in offset.items()}
         _, _, t, h, w = out_shape
         strides = (np.int64(3 * t * h * w), np.int64(t * h * w), np.int64(h * w))
         head = [np.uint64(frames.luma_table), np.uint64(frames.chroma_table),
@@ -278,7 +296,6 @@ class ViewKernels:
                            np.int32(spec.fsize_w), np.int32(tables.upsample), at["rows0"],
                            at["rows1"], at["wrow"], at["cols0"], at["cols1"], at["wcol"]] + tail
             self.fragments.launch(grid, BLOCK, args, stream)
-        return table
 
 
 # ----------------------------------------------------------------------------- the fast path
@@ -287,18 +304,22 @@ class ViewKernels:
 class Submitted(NamedTuple):
     """A file on its way through :class:`GpuPipeline`."""
 
-    pending: object          # backend_trt.Pending: .result() -> score maps
+    pending: object          # trt_runner.Pending: .result() -> score maps
     info: MediaInfo
     nvdec: bool              # decoded by NVDEC (False: the CPU path was used)
+    started: float           # perf_counter() when the file was submitted
 
 
 class GpuPipeline:
     """Files -> NVDEC -> view kernels -> TensorRT, decoded frames never leaving the GPU.
 
-    ``backend`` is a :class:`~.backend_trt.TrtBackend`; clips of one file form one batch, as in
-    :class:`~.scoring.Scorer`. Images, and videos NVDEC cannot decode (codec, chroma format,
-    rotation asked for, no PyNvVideoCodec), take the CPU path (:func:`~.views.load_views`) and
-    are uploaded; each distinct reason is announced once, in one line.
+    ``backend`` is a :class:`~.trt_runner.TrtBackend`; clips of one file form one batch, as in
+    :class:`~.scoring.Scorer`. Images, and videos NVDEC cannot take (codec, chroma format, bit
+    depth this GPU lacks, interlacing, rotation asked for, no PyNvVideoCodec), take the CPU path
+    (:func:`~.views.load_views`) and are uploaded; each distinct reason is announced once, in one
+    line. A GPU failure (out of memory, a broken CUDA context) is raised, never hidden by the
+    CPU path. :meth:`score_many` keeps the backend's slots busy: the next file is decoded while
+    the one before is being inferred.
     """
 
     def __init__(self, backend, *, decoder=None, log: Callable[[str], None] = print):
@@ -307,10 +328,14 @@ class GpuPipeline:
         self.kernels = ViewKernels(backend.device_index)
         self.log = log
         self._announced: set[str] = set()
+        self.nvdec_files = 0     # files decoded by NVDEC
+        self.cpu_files = 0       # files that took the CPU path
 
     def submit(self, path, *, seed: Optional[int] = None, clips: int = 1,
                rotate: bool = False) -> Submitted:
-        """Start scoring ``path`` (``clips`` clips as one batch); returns at once."""
+        """Start scoring ``path`` (``clips`` clips as one batch); returns once the GPU has the
+        work queued (decoding is done by then; inference runs on)."""
+        started = time.perf_counter()
         info = probe(path)
         reason = nvdec_refusal(info, rotate=rotate)
         if reason is None:
@@ -332,17 +357,49 @@ class GpuPipeline:
                                          info.width)
                     slot.hold(self.kernels.launch(frames, tables, view.ptr, view.dtype,
                                                   view.shape, slot.stream))
-                return Submitted(self.backend.enqueue(slot), info, nvdec=True)
+                self.nvdec_files += 1
+                return Submitted(self.backend.enqueue(slot), info, True, started)
         if reason not in self._announced:
             self._announced.add(reason)
             self.log(f"cover-run: NVDEC not used ({reason}); decoding on the CPU")
         views, info = load_views(path, self.backend.specs, seed=seed, clips=clips, rotate=rotate)
-        return Submitted(self.backend.submit(views), info, nvdec=False)
+        self.cpu_files += 1
+        return Submitted(self.backend.submit(views), info, False, started)
+
+    def _finish(self, path, job: Submitted) -> FileScore:
+        return file_score(path, job.pending.result(), job.info,
+                          self.backend.name + ("+nvdec" if job.nvdec else ""), job.started)
 
     def score(self, path, *, seed: Optional[int] = None, clips: int = 1,
               rotate: bool = False) -> FileScore:
         """Scores of one file (clip scores averaged), as :class:`~.scoring.Scorer` gives them."""
-        start = time.perf_counter()
-        job = self.submit(path, seed=seed, clips=clips, rotate=rotate)
-        return file_score(path, job.pending.result(), job.info,
-                          self.backend.name + ("+nvdec" if job.nvdec else ""), start)
+        return self._finish(path, self.submit(path, seed=seed, clips=clips, rotate=rotate))
+
+    def score_many(self, paths: Iterable, *, seed: Optional[int] = None, clips: int = 1,
+                   rotate: bool = False) -> Iterator[tuple[object, Union[FileScore, Exception]]]:
+        """``(path, FileScore or the exception it raised)`` for each file, in order, with up to
+        one file per backend slot in flight: while the GPU infers one file, the next is
+        decoded. A file that fails does not stop the others."""
+        depth = max(1, len(getattr(self.backend, "_slots", ())) or 1)
+        queue: collections.deque = collections.deque()
+
+        def finish_one():
+            path, job = queue.popleft()
+            try:
+                return path, self._finish(path, job)
+            except Exception as exc:  # reported for this file; the batch goes on
+                return path, exc
+
+        for path in paths:
+            try:
+                job = self.submit(path, seed=seed, clips=clips, rotate=rotate)
+            except Exception as exc:
+                while queue:
+                    yield finish_one()
+                yield path, exc
+                continue
+            queue.append((path, job))
+            if len(queue) >= depth:
+                yield finish_one()
+        while queue:
+            yield finish_one()

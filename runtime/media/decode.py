@@ -56,6 +56,8 @@ from cover_engine.runtime.errors import InputError, ShortVideoError
 #: Planar YUV formats converted by ``colour.py`` (others go through swscale to rgb24).
 _PLANAR_YUV = re.compile(r"^yuvj?a?(420|422|444|440|411|410)p(9|10|12|14|16)?(le|be)?$")
 _AVCOL_RANGE_JPEG = 2
+#: FFmpeg's AVFieldOrder: 0 unknown, 1 progressive, 2..5 the field orders of interlaced video.
+_AV_FIELD_PROGRESSIVE = 1
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class MediaInfo:
     rotation: int        # display rotation, degrees counter-clockwise (not applied by default)
     is_image: bool
     counted: bool        # num_frames was counted by demuxing (the container gave none)
+    interlaced: bool = False  # field-coded (the first frame, or the stream's field order, says so)
 
 
 class Frame:
@@ -196,6 +199,8 @@ def probe(path) -> MediaInfo:
         frames = 1 if is_image else int(stream.frames or 0)
         rate = stream.average_rate or stream.guessed_rate
         codec = stream.codec_context.name
+        interlaced = bool(first.interlaced_frame) or \
+            int(stream.codec_context.field_order or 0) > _AV_FIELD_PROGRESSIVE
     counted = frames <= 0
     if counted:
         frames = _count_packets(path)
@@ -207,7 +212,8 @@ def probe(path) -> MediaInfo:
                      bit_depth=max(c.bits for c in first.format.components),
                      matrix=conv.matrix if conv else "rgb",
                      full_range=conv.full_range if conv else True,
-                     rotation=int(first.rotation or 0) % 360, is_image=is_image, counted=counted)
+                     rotation=int(first.rotation or 0) % 360, is_image=is_image, counted=counted,
+                     interlaced=interlaced and not is_image)
 
 
 # ----------------------------------------------------------------------------- seeking
