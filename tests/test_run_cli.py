@@ -100,3 +100,36 @@ def test_table_output_and_image(tmp_path, small_args):
     res = CliRunner().invoke(main, [str(image)] + small_args)
     assert res.exit_code == 0, res.output
     assert "still.png" in res.stdout and "400x300" in res.stdout
+
+
+def test_a_batch_goes_through_score_many_in_order(tmp_path, monkeypatch):
+    """cover-run hands the whole list to the scorer's score_many (the GPU path overlaps the
+    decoding of one file with the inference of the one before); results and failures are
+    reported in file order."""
+    from cover_engine.runtime import scoring
+
+    files = [tmp_path / f"v{k}.mp4" for k in range(3)]
+    for f in files:
+        f.write_bytes(b"0")
+
+    class Scorer:
+        batches = []
+
+        def score_many(self, paths):
+            paths = list(paths)
+            Scorer.batches.append(paths)
+            for k, path in enumerate(paths):
+                if k == 1:
+                    yield path, ValueError("cannot read")
+                else:
+                    yield path, FileScore(path=str(path), semantic=k, technical=0.0,
+                                          aesthetic=0.0, overall=k, frames=1,
+                                          resolution="2x2", backend="fake", seconds=0.0)
+
+    monkeypatch.setattr(scoring, "make_scorer", lambda *a, **k: Scorer())
+    result = CliRunner().invoke(main, [str(tmp_path), "--json", "-q"])
+    assert result.exit_code == 1
+    assert Scorer.batches == [files]
+    scored = [json.loads(line)["path"] for line in result.stdout.splitlines()]
+    assert scored == [str(files[0]), str(files[2])]
+    assert "v1.mp4: ValueError: cannot read" in result.stderr

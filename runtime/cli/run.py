@@ -99,13 +99,13 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
         progress = tqdm(total=len(files), unit="file", file=sys.stderr, dynamic_ncols=True,
                         disable=not sys.stderr.isatty())
     try:
-        for path in files:
+        # score_many: on the GPU path the next file is decoded while one is inferred; one bad
+        # file never stops the batch (its exception comes back in its place)
+        for path, row in scorer.score_many(files):
             if progress is not None:
-                progress.set_postfix_str(path.name[-40:])
-            try:
-                row = scorer.score(path)
-            except Exception as exc:  # one bad file never stops the batch
-                failures.append((str(path), one_line(exc)))
+                progress.set_postfix_str(Path(path).name[-40:])
+            if isinstance(row, Exception):
+                failures.append((str(path), one_line(row)))
                 why = failures[-1][1]
                 note = f"cover-run: skipped: {why}" if str(path) in why else \
                     f"cover-run: skipped {path}: {why}"
