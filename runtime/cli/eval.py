@@ -21,7 +21,7 @@ from cover_engine.runtime.cli.common import command, cover_errors
 from cover_engine.runtime.cli.options import csv_option, report_options, scorer_options
 from cover_engine.runtime.eval.evaluate import (Scorer, evaluate, format_report, plot_fit,
                                                 report_dict, write_rescaled)
-from cover_engine.runtime.eval.labels import FORMATS, read_labels
+from cover_engine.runtime.eval.labels import FORMATS, check_distinct_files, read_labels
 
 __all__ = ["main", "default_csv", "build_scorer"]
 
@@ -65,6 +65,7 @@ def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weig
     """Score a labelled video set with COVER and report SROCC, KROCC, PLCC and RMSE."""
     with cover_errors():
         items = read_labels(labels_path, fmt, name_column=name_column, mos_column=mos_column)
+        check_distinct_files(labels_path, items, root)
     items = items[:limit] if limit else items
     csv_path = csv_path or default_csv(labels_path)
     if not resume and csv_path.is_file() and csv_path.stat().st_size:
