@@ -57,6 +57,7 @@ from .. import __version__
 from cover_engine.runtime.constants import BRANCHES, CLIP_WEIGHTS, COVER_WEIGHTS, views_for_inputs
 from cover_engine.runtime.errors import EngineError, WeightsError
 from cover_engine.runtime.gpu.cuda import KERNEL_DIR
+from cover_engine.runtime.engines.identity import graph_metadata
 from cover_engine.runtime.gpu.pipeline import KERNEL_FILE
 from cover_engine.runtime.engines.manifest import (BATCH, MODES, SCORE_RULES, FileRef, GraphEntry, Manifest,
                                 TensorSpec, write_manifest, MANIFEST_FILE)
@@ -401,6 +402,17 @@ def op_types(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def set_graph_identity(model: onnx.ModelProto, mode: str, branch: str) -> None:
+    """Write mode and branch into the graph's ``metadata_props`` (other entries kept): the
+    runtime refuses a graph whose manifest entry says otherwise (see runtime.engines.identity)."""
+    props = graph_metadata(mode, branch)
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+
+
 def save_graph(model: onnx.ModelProto, path: Path,
                external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Optional[Path]:
     """Write the graph; weights go to ``<file>.data`` when the graph would exceed the threshold.
@@ -432,6 +444,7 @@ def export_graph(model: COVER, plan: GraphPlan, out_dir: Path, *, precision: str
     fold_constants(proto)
     if precision == "fp16":
         convert_to_fp16(proto)
+    set_graph_identity(proto, plan.mode, plan.branch)
     problems = trt_parser_problems(proto)
     if problems:
         raise EngineError(f"the {plan.key} graph would not parse in TensorRT: "

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from cover_engine.runtime.errors import EngineError
+from cover_engine.runtime.engines.identity import engine_name
 from cover_engine.runtime.engines.manifest import EngineRef, FileRef, GraphEntry, TensorRTInfo, TensorSpec
 
 PROFILE_KEYS = ("min", "opt", "max")
@@ -108,10 +109,16 @@ def create_config(trt, builder, network, profiles: Profiles, *, precision: str,
 
 def build_engine(trt, onnx_path: Path, engine_path: Path, profiles: Profiles, *, precision: str,
                  timing_cache_path: Optional[Path] = None, workspace: Optional[int] = None,
-                 logger=None) -> None:
-    """Build and save one engine; the timing cache file is read before and rewritten after."""
+                 logger=None, name: Optional[str] = None) -> None:
+    """Build and save one engine; the timing cache file is read before and rewritten after.
+
+    ``name`` becomes the network's name, which the engine keeps: the runtime checks it against
+    the manifest entry (:func:`~cover_engine.runtime.engines.identity.engine_name`).
+    """
     logger = logger or trt.Logger(trt.Logger.WARNING)
     builder, network, _parser = parse_onnx(trt, onnx_path, logger)
+    if name is not None:
+        network.name = name
     blob = timing_cache_path.read_bytes() if timing_cache_path and timing_cache_path.is_file() \
         else None
     config, cache = create_config(trt, builder, network, profiles, precision=precision,
@@ -140,7 +147,8 @@ def build_engines(trt, out_dir: Path, entries: Sequence[GraphEntry], batch: Mapp
         engine_path = onnx_path.with_suffix(".plan")
         profiles = profile_shapes(entry.inputs, batch)
         build_engine(trt, onnx_path, engine_path, profiles, precision=precision,
-                     timing_cache_path=timing_cache, logger=logger)
+                     timing_cache_path=timing_cache, logger=logger,
+                     name=engine_name(entry.mode, entry.branch))
         ref = EngineRef(file=FileRef.of(out_dir, engine_path), profiles=profiles)
         log(f"engine {entry.key}: {engine_path.name} ({ref.file.bytes / 2**20:.1f} MB)")
         built.append(replace(entry, engine=ref))

@@ -247,7 +247,10 @@ class FakeContext:
 
 
 class FakeEngine:
-    def __init__(self, tensors):
+    def __init__(self, data):
+        """``data``: the engine's tensors, or ``{"name": network name, "tensors": [...]}``."""
+        tensors = data["tensors"] if isinstance(data, dict) else data
+        self.name = data.get("name", "") if isinstance(data, dict) else ""
         self.tensors = {t["name"]: t for t in tensors}
         self.order = [t["name"] for t in tensors]
         self.contexts: list[FakeContext] = []

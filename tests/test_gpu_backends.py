@@ -20,6 +20,7 @@ from gpu_fakes import (CAPABILITY, GPU_NAME, TRT_VERSION, FakeBuffer, FakeCudaRu
 from media import pattern, write_video
 
 from cover_engine.runtime.engines import trt_runner as bt
+from cover_engine.runtime.engines.identity import engine_name
 from cover_engine.runtime.gpu import cuda as gpu
 from cover_engine.runtime.constants import views_for_inputs
 from cover_engine.runtime.errors import EngineError, InputError
@@ -54,14 +55,16 @@ def _graph_io(branch):
     return inputs, outputs
 
 
-def _engine_json(inputs, outputs, *, reverse=False, change=None) -> str:
+def _engine_json(inputs, outputs, *, reverse=False, change=None, name=None) -> str:
+    """A fake engine file: its tensors (and its network name, as TensorRT keeps it)."""
     tensors = [{"name": t.name, "mode": mode, "dtype": "FLOAT",
                 "shape": [-1 if d == BATCH else d for d in t.shape]}
                for mode, group in (("INPUT", inputs), ("OUTPUT", outputs)) for t in group]
     if change:
         for t in tensors:
             t.update(change.get(t["name"], {}))
-    return json.dumps(tensors[::-1] if reverse else tensors)
+    tensors = tensors[::-1] if reverse else tensors
+    return json.dumps(tensors if name is None else {"name": name, "tensors": tensors})
 
 
 def make_folder(folder: Path, *, engine_files=None, trt_info=True) -> Path:
@@ -72,7 +75,8 @@ def make_folder(folder: Path, *, engine_files=None, trt_info=True) -> Path:
     for branch in ("semantic", "technical", "aesthetic"):
         inputs, outputs = _graph_io(branch)
         (folder / f"{branch}.onnx").write_bytes(b"onnx " + branch.encode())
-        text = (engine_files or {}).get(branch) or _engine_json(inputs, outputs, reverse=True)
+        text = (engine_files or {}).get(branch) or _engine_json(
+            inputs, outputs, reverse=True, name=engine_name("video", branch))
         (folder / f"{branch}.plan").write_text(text)
         profiles = {t.name: {"min": t.with_batch(1), "opt": t.with_batch(1), "max": t.with_batch(4)}
                     for t in inputs}
@@ -167,10 +171,28 @@ def test_an_unreadable_engine_names_its_file(tmp_path):
 def test_engine_tensors_that_differ_from_the_manifest_are_refused(tmp_path, change, message):
     inputs, outputs = _graph_io("semantic")
     folder = make_folder(tmp_path / "odd",
-                         engine_files={"semantic": _engine_json(inputs, outputs, change=change)})
+                         engine_files={"semantic": _engine_json(
+                             inputs, outputs, change=change, name=engine_name("video", "semantic"))})
     trt = fake_tensorrt()
     with pytest.raises(EngineError, match=message):
         bt.load_engines(trt, trt.Runtime(trt.Logger()), folder, load_manifest(folder), "video")
+
+
+@pytest.mark.parametrize("name,message", [
+    ("cover-engine:video/aesthetic", r"technical\.plan: this engine is the video/aesthetic graph, "
+                                     r"but manifest\.json lists it as the video/technical graph"),
+    ("", r"technical\.plan: the engine does not say which branch it is"),
+    (None, r"technical\.plan: the engine does not say which branch it is"),
+])
+def test_an_engine_built_for_another_branch_is_refused(tmp_path, name, message):
+    """The engine's tensors fit its entry, so only the name it was built under can catch this."""
+    inputs, outputs = _graph_io("technical")
+    folder = make_folder(tmp_path / "swapped",
+                         engine_files={"technical": _engine_json(inputs, outputs, name=name)})
+    trt = fake_tensorrt()
+    with pytest.raises(EngineError, match=message) as err:
+        bt.load_engines(trt, trt.Runtime(trt.Logger()), folder, load_manifest(folder), "video")
+    assert "re-export" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_buffers_and_bindings_follow_the_manifest_sources(folder):

@@ -17,6 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from cover_engine.runtime.engines.identity import METADATA_BRANCH, graph_metadata
 from cover_engine.runtime.engines.ort_runner import OrtBackend, select_providers
 from cover_engine.runtime.constants import BRANCHES, ViewSpec, views_for_inputs
 from cover_engine.runtime.errors import EngineError, InputError
@@ -32,10 +33,13 @@ INPUTS = {b: (1, 3, T, HW, HW) for b in BRANCHES}
 ONNX_TYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
 
-def _toy_graph(branch: str, frames: int, dtype: str) -> tuple[onnx.ModelProto, GraphEntry]:
+def _toy_graph(branch: str, frames: int, dtype: str,
+               mode: str = "video") -> tuple[onnx.ModelProto, GraphEntry]:
     """score_map = mean over channels of the view (+ mean of sem_feats); sem_feats = spatial mean.
 
-    Inputs are ``dtype``; the score map is cast to float32, as the exported fp16 graphs do.
+    Inputs are ``dtype``; the score map is cast to float32, as the exported fp16 graphs do. The
+    graph carries its mode and branch in its metadata, as exported graphs do. The technical and
+    aesthetic graphs are the same graph: only that metadata tells them apart.
     """
     f = ONNX_TYPE[dtype]
     view = TensorSpec("view", (BATCH, 3, frames, HW, HW), dtype, "view")
@@ -65,8 +69,9 @@ def _toy_graph(branch: str, frames: int, dtype: str) -> tuple[onnx.ModelProto, G
     model = helper.make_model(
         helper.make_graph(nodes, branch, [info(t) for t in inputs], [info(t) for t in outputs],
                           inits), opset_imports=[helper.make_opsetid("", 18)])
+    helper.set_model_props(model, graph_metadata(mode, branch))
     onnx.checker.check_model(model, full_check=True)
-    entry = GraphEntry(mode="", branch=branch, file=FileRef("", 0, "0" * 64),
+    entry = GraphEntry(mode=mode, branch=branch, file=FileRef("", 0, "0" * 64),
                        inputs=tuple(inputs), outputs=tuple(outputs))
     return model, entry
 
@@ -77,7 +82,7 @@ def make_engine_folder(folder: Path, precision: str = "fp32", modes=("video", "i
     graphs = []
     for mode in modes:
         for branch in BRANCHES:
-            model, entry = _toy_graph(branch, T if mode == "video" else 1, dtype)
+            model, entry = _toy_graph(branch, T if mode == "video" else 1, dtype, mode)
             name = f"{branch}.onnx" if mode == "video" else f"{branch}-image.onnx"
             onnx.save_model(model, str(folder / name))
             graphs.append(replace(entry, mode=mode, file=FileRef.of(folder, folder / name)))
@@ -182,10 +187,11 @@ def test_unreadable_or_foreign_manifest(folder, text, match):
         load_manifest(folder)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 1, SCHEMA_VERSION + 1, str(SCHEMA_VERSION), None])
 def test_other_schema_version_is_refused(folder, version):
     _edit_manifest(folder, lambda d: d.update(schema_version=version))
-    with pytest.raises(EngineError, match=r"schema version .* reads version 1; re-export"):
+    with pytest.raises(EngineError,
+                       match=rf"schema version .* reads version {SCHEMA_VERSION}; re-export"):
         load_manifest(folder)
     with pytest.raises(EngineError, match="schema version"):
         OrtBackend(folder)
@@ -248,6 +254,56 @@ def test_graph_that_does_not_match_manifest(folder):
     load_manifest(folder)  # checksums fine: the mismatch is in the graph itself
     with pytest.raises(EngineError, match=r"technical\.onnx: inputs \['view', 'features'\] do "
                                           r"not match manifest\.json"):
+        OrtBackend(folder)
+
+
+def _entry(data: dict, mode: str, branch: str) -> dict:
+    return next(g for g in data["graphs"] if (g["mode"], g["branch"]) == (mode, branch))
+
+
+def test_swapped_branch_entries_are_refused(folder):
+    """The technical and aesthetic entries trade places: every file still matches its checksum and
+    its inputs (the toy graphs are identical), so only the graphs' own metadata can tell."""
+    def swap(d):
+        tech, aes = _entry(d, "video", "technical"), _entry(d, "video", "aesthetic")
+        tech["branch"], aes["branch"] = "aesthetic", "technical"
+    _edit_manifest(folder, swap)
+    load_manifest(folder)  # a valid manifest, every file intact
+    with pytest.raises(EngineError) as err:
+        OrtBackend(folder)
+    assert str(err.value) == (
+        f"{folder / 'aesthetic.onnx'}: this graph is the video/aesthetic graph, but manifest.json "
+        "lists it as the video/technical graph (entries swapped or edited); re-export the engines "
+        "with `cover-export`")
+
+
+def test_swapped_graph_files_with_fixed_checksums_are_refused(folder):
+    """The two files trade contents on disk and the manifest's sizes and sha256 are fixed to match."""
+    tech, aes = folder / "technical-image.onnx", folder / "aesthetic-image.onnx"
+    a, b = tech.read_bytes(), aes.read_bytes()
+    tech.write_bytes(b)
+    aes.write_bytes(a)
+
+    def fix(d):
+        _entry(d, "image", "technical")["file"] = FileRef.of(folder, tech).to_dict()
+        _entry(d, "image", "aesthetic")["file"] = FileRef.of(folder, aes).to_dict()
+    _edit_manifest(folder, fix)
+    backend = OrtBackend(folder)  # the video graphs are fine; image graphs load on first use
+    with pytest.raises(EngineError, match=r"technical-image\.onnx: this graph is the "
+                                          r"image/aesthetic graph, but manifest\.json lists it "
+                                          r"as the image/technical graph"):
+        backend.run(toy_views(1))
+
+
+def test_graph_without_identity_metadata_is_refused(folder):
+    path = folder / "semantic.onnx"
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.save_model(model, str(path))
+    _edit_manifest(folder, lambda d: _entry(d, "video", "semantic").update(
+        file=FileRef.of(folder, path).to_dict()))
+    with pytest.raises(EngineError, match=rf"semantic\.onnx: the graph does not say which branch "
+                                          rf"it is \(no '{METADATA_BRANCH}' metadata"):
         OrtBackend(folder)
 
 

@@ -26,6 +26,7 @@ from cover_engine.export.backend_torch import TorchBackend
 from cover_engine.runtime.cli.export import main as export_main
 from cover_engine.export.config import ModelConfig
 from cover_engine.export.weights import load_model
+from cover_engine.runtime.engines.identity import METADATA_BRANCH, METADATA_MODE
 from cover_engine.runtime.engines.ort_runner import OrtBackend
 from cover_engine.runtime.constants import BRANCHES
 from cover_engine.runtime.errors import EngineError
@@ -296,9 +297,9 @@ def test_tampered_and_missing_graphs_are_refused(fp32_dir, tmp_path):
 def test_manifest_of_other_schema_version_is_refused(fp32_dir, tmp_path):
     folder = _copy(fp32_dir, tmp_path)
     data = json.loads((folder / MANIFEST_FILE).read_text())
-    data["schema_version"] = 2
+    data["schema_version"] = 1
     (folder / MANIFEST_FILE).write_text(json.dumps(data))
-    with pytest.raises(EngineError, match="schema version 2"):
+    with pytest.raises(EngineError, match="schema version 1"):
         OrtBackend(folder)
 
 
@@ -311,7 +312,34 @@ def test_swapped_graph_does_not_match_manifest(fp32_dir, tmp_path):
         if g["file"]["path"] == "technical.onnx":
             g["file"] = FileRef.of(folder, folder / "technical.onnx").to_dict()
     (folder / MANIFEST_FILE).write_text(json.dumps(data))
-    with pytest.raises(EngineError, match=r"technical\.onnx: inputs \['view'\] do not match"):
+    with pytest.raises(EngineError, match=r"technical\.onnx: this graph is the video/semantic "
+                                          r"graph, but manifest\.json lists it as the "
+                                          r"video/technical graph"):
+        OrtBackend(folder)
+
+
+def test_exported_graphs_carry_their_mode_and_branch(fp32_dir):
+    manifest = load_manifest(fp32_dir)
+    assert len(manifest.graphs) == 6
+    for g in manifest.graphs:
+        props = {p.key: p.value for p in
+                 onnx.load(str(fp32_dir / g.file.path), load_external_data=False).metadata_props}
+        assert props[METADATA_MODE] == g.mode and props[METADATA_BRANCH] == g.branch
+
+
+def test_swapped_technical_and_aesthetic_entries_are_refused(fp32_dir, tmp_path):
+    """The manifest's technical and aesthetic entries trade branch names: every checksum still
+    holds; the graphs' metadata says which is which."""
+    folder = _copy(fp32_dir, tmp_path)
+    data = json.loads((folder / MANIFEST_FILE).read_text())
+    for g in data["graphs"]:
+        if g["branch"] in ("technical", "aesthetic"):
+            g["branch"] = "aesthetic" if g["branch"] == "technical" else "technical"
+    (folder / MANIFEST_FILE).write_text(json.dumps(data))
+    load_manifest(folder)
+    with pytest.raises(EngineError, match=r"aesthetic\.onnx: this graph is the video/aesthetic "
+                                          r"graph, but manifest\.json lists it as the "
+                                          r"video/technical graph"):
         OrtBackend(folder)
 
 
@@ -346,6 +374,7 @@ class FakeTensorRT:
             def __init__(self, flags):
                 trt.log.append(("create_network", flags))
                 self.inputs: list[str] = []
+                self.name = "parsed"
 
             @property
             def num_inputs(self):
@@ -397,6 +426,7 @@ class FakeTensorRT:
                 return Profile()
 
             def build_serialized_network(self, network, config):
+                trt.log.append(("build", network.name))
                 return b"PLAN:" + ",".join(network.inputs).encode()
 
         class OnnxParser:
@@ -445,6 +475,9 @@ def test_trt_build_profiles_cache_and_manifest(fp32_dir, tmp_path, monkeypatch):
         plan = folder / entry.engine.file.path
         assert plan.suffix == ".plan" and plan.read_bytes().startswith(b"PLAN:view")
         assert entry.engine.profiles["view"]["max"][0] == 6
+    # each engine is named for its graph's mode and branch (the runtime checks that name)
+    assert [e[1] for e in fake.log if e[0] == "build"] == [
+        f"cover-engine:{g.mode}/{g.branch}" for g in manifest.graphs]
     assert info.version == "10.99.1" and info.compute_capability == "9.0"
     assert info.timing_cache == "timing.cache"
     built = replace(manifest, graphs=tuple(entries), tensorrt=info)

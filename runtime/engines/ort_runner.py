@@ -4,8 +4,9 @@ Torch-free. The CPU execution provider is the default; with ``onnxruntime-gpu`` 
 ``device="cuda[:N]"`` runs on the CUDA provider, and ``providers="tensorrt"`` puts ONNX
 Runtime's TensorRT provider in front of it (it builds its own engines on first use and caches
 them beside the graphs). Everything is checked before the first score: the manifest and every
-file's checksum (:func:`~cover_engine.runtime.engines.manifest.load_manifest`), then each graph's real
-inputs and outputs against the manifest.
+file's checksum (:func:`~cover_engine.runtime.engines.manifest.load_manifest`), then that each graph
+is the mode and branch the manifest says (its metadata, :mod:`.identity`), and its real inputs and
+outputs against the manifest.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import onnxruntime as ort
 
 from cover_engine.runtime.constants import BRANCHES, ViewSpec
 from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.engines.identity import check_graph_metadata
 from cover_engine.runtime.engines.manifest import MANIFEST_FILE, GraphEntry, Manifest, check_io, load_manifest
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
@@ -98,6 +100,8 @@ class OrtBackend:
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise EngineError(f"{path}: ONNX Runtime cannot load it: "
                               f"{' '.join(str(exc).split())[:300]}") from None
+        check_graph_metadata(graph, session.get_modelmeta().custom_metadata_map, str(path))
+
         def signature(tensors):
             return [(t.name, t.shape, _ORT_DTYPES.get(t.type, t.type)) for t in tensors]
 

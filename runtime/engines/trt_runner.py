@@ -33,6 +33,7 @@ import numpy as np
 from cover_engine.runtime.gpu import cuda as gpu
 from cover_engine.runtime.constants import BRANCHES, ViewSpec
 from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.engines.identity import check_engine_name
 from cover_engine.runtime.engines.manifest import GraphEntry, Manifest, check_io, check_tensorrt, load_manifest
 
 #: Slots (sets of contexts and buffers) by default: one running, one being filled.
@@ -140,7 +141,8 @@ def open_folder(engine_dir: Union[str, Path], trt, *, gpu_name: str,
 
 
 def load_engines(trt, runtime, folder: Path, manifest: Manifest, mode: str) -> dict[str, object]:
-    """Deserialize one mode's three engines and check their tensors against the manifest."""
+    """Deserialize one mode's three engines; check each is built for its manifest entry's mode and
+    branch (its name) and that its tensors are the manifest's."""
     engines = {}
     for branch in BRANCHES:
         graph = manifest.graph(mode, branch)
@@ -152,6 +154,7 @@ def load_engines(trt, runtime, folder: Path, manifest: Manifest, mode: str) -> d
         if engine is None:
             raise EngineError(f"{path}: TensorRT {trt.__version__} cannot deserialize this engine "
                               "(built by another TensorRT version or for another GPU?); rebuild it")
+        check_engine_name(graph, getattr(engine, "name", None), str(path))
         check_engine_io(graph, engine_tensors(trt, engine), str(path))
         engines[branch] = engine
     return engines

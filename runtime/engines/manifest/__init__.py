@@ -7,9 +7,10 @@ sampled and normalised, and how the score maps become scores. The manifest is ch
 scoring: schema and version, every listed file's size and sha256, and (by each backend) that the
 graphs' real inputs and outputs are the ones listed here.
 
-Layout (schema version 1; :data:`MANIFEST_SCHEMA` is the formal description)::
+Layout (schema version 2; :data:`MANIFEST_SCHEMA` is the formal description)::
 
-    schema, schema_version    "cover-engine-manifest", 1
+    schema, schema_version    "cover-engine-manifest", 2 (2: graphs and engines name their own
+                              mode and branch, see identity.py; version 1 folders are re-exported)
     name, created, precision  export name, UTC time, "fp32" | "fp16"
     opset, batch              ONNX opset; {"min", "opt", "max"} batch sizes engines are built for
     model                     the architecture (ModelConfig.to_dict())

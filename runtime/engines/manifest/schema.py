@@ -14,7 +14,7 @@ __all__ = ["MANIFEST_FILE", "SCHEMA_ID", "SCHEMA_VERSION", "MODES", "PRECISIONS"
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_ID = "cover-engine-manifest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MODES: tuple[str, ...] = ("video", "image")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 #: Name of the dynamic batch axis in graph shapes.
