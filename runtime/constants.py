@@ -171,3 +171,9 @@ def views_for_inputs(inputs: dict[str, tuple[int, ...]] | None) -> dict[str, Vie
             changes.update(size_h=h, size_w=w)
         out[name] = replace(base, **changes)
     return out
+
+#: Limits on JSON a user hands us (manifest.json, model configs). A manifest is tens of kB and
+#: nests 7 levels deep; these only stop hostile files (memory, RecursionError, slow int parsing).
+JSON_MAX_BYTES = 16 << 20
+JSON_MAX_DEPTH = 32
+JSON_MAX_INT_DIGITS = 30
