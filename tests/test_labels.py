@@ -9,6 +9,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
+from cover_engine.runtime.cli import eval as cli_eval
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.eval import evaluate as ev
 from cover_engine.runtime.eval.labels import check_distinct_files, name_key, read_labels
@@ -157,11 +158,11 @@ def test_name_with_a_comma_survives_the_score_csv_and_resume(tmp_path):
 ])
 def test_cover_eval_refuses_in_one_line_before_scoring(tmp_path, monkeypatch, text, needle):
     built = []
-    monkeypatch.setattr(ev, "build_scorer", lambda **o: built.append(o) or FakeScorer())
+    monkeypatch.setattr(cli_eval, "build_scorer", lambda **o: built.append(o) or FakeScorer())
     (tmp_path / "v1.mp4").write_text("1.0")
     labels = tmp_path / "labels.txt"
     labels.write_text(text)
-    result = CliRunner().invoke(ev.main, ["--labels", str(labels), "--root", str(tmp_path)])
+    result = CliRunner().invoke(cli_eval.main, ["--labels", str(labels), "--root", str(tmp_path)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {labels}{needle}")
