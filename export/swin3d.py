@@ -162,6 +162,7 @@ class WindowAttention3D(nn.Module):
     def __init__(self, dim: int, window_size: Size3, num_heads: int, frag_bias: bool):
         super().__init__()
         self.num_heads = num_heads
+        self.window_size = tuple(window_size)  # the weight loader rebuilds the index from it
         self.scale = (dim // num_heads) ** -0.5
         table_len = prod(2 * w - 1 for w in window_size)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(table_len, num_heads))

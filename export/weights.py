@@ -4,7 +4,12 @@ Upstream loads COVER.pth with ``strict=False`` (which silently leaves anything m
 random initialisation) and builds the CLIP tower from OpenAI's archive. Here every tensor the
 model needs must be present with the right shape, or :class:`WeightsError` names it and its file.
 Tensors the model does not use (``semantic_backbone.prompt_learner.*``, the CLIP text tower,
-``visual.positional_embedding``, archive metadata) are ignored.
+``visual.positional_embedding``, archive metadata) are ignored. Every tensor it uses must be
+finite floating point (integer buffers: exactly what the architecture derives).
+
+Weight files are untrusted: nothing in them is executed. COVER.pth goes through
+``torch.load(weights_only=True)``; OpenAI's TorchScript archive is read as data by
+:mod:`.script_archive`, never by ``torch.jit.load``.
 
 Two namespaces: COVER.pth keys are the model's own parameter names; the CLIP tower's parameters,
 ``semantic_backbone.X`` in the model, are ``visual.X`` in OpenAI's archive.
@@ -12,7 +17,6 @@ Two namespaces: COVER.pth keys are the model's own parameter names; the CLIP tow
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Mapping, Union
 
@@ -21,6 +25,11 @@ import torch
 from cover_engine.runtime.errors import WeightsError
 from .config import ModelConfig
 from .cover import COVER
+from .script_archive import ArchiveError, is_torchscript_archive, read_script_tensors
+from .swin3d import relative_position_index
+
+__all__ = ["CLIP_PREFIX", "SEMANTIC_PREFIX", "build_meta", "expected_keys", "file_key",
+           "load_clip_archive", "load_cover_checkpoint", "load_model"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,17 +73,21 @@ def load_cover_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
 
 def load_clip_archive(path: PathLike) -> dict[str, torch.Tensor]:
     """OpenAI's CLIP weights: the TorchScript archive as published (fp16), or a plain state dict
-    saved with ``torch.save``."""
+    saved with ``torch.save``.
+
+    The archive is never given to ``torch.jit.load`` (which runs the archive's TorchScript):
+    :mod:`.script_archive` reads its tensors as data, and refuses anything else in it.
+    """
     _check_file(path)
-    try:
-        with warnings.catch_warnings():  # the published format is TorchScript; nothing to switch to
-            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception:  # not TorchScript: try a pickled state dict (its errors are reported)
+    if not is_torchscript_archive(path):
         obj = _torch_load(path)
         if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
             obj = obj["state_dict"]
-    return _tensor_dict(obj, path)
+        return _tensor_dict(obj, path)
+    try:
+        return read_script_tensors(path)
+    except ArchiveError as exc:
+        raise WeightsError(f"{path}: not a readable CLIP archive ({exc})") from None
 
 
 def load_model(cfg: ModelConfig, cover_path: PathLike, clip_path: PathLike) -> COVER:
@@ -93,8 +106,7 @@ def load_model(cfg: ModelConfig, cover_path: PathLike, clip_path: PathLike) -> C
         elif tensors[key].shape != like.shape:
             misshaped.append(f"{key} {tuple(tensors[key].shape)} (model needs {tuple(like.shape)})")
         else:
-            t = tensors[key]
-            state[name] = t.float() if t.is_floating_point() else t.to(like.dtype)
+            state[name] = _checked(sources[kind][0], key, tensors[key], like, model, name)
     for kind, (missing, misshaped) in problems.items():
         path = sources[kind][0]
         if missing:
@@ -105,9 +117,45 @@ def load_model(cfg: ModelConfig, cover_path: PathLike, clip_path: PathLike) -> C
     return model.requires_grad_(False).eval()
 
 
+def _checked(path: Path, key: str, t: torch.Tensor, like: torch.Tensor, model: COVER,
+             name: str) -> torch.Tensor:
+    """The file's tensor as the model takes it, or :class:`WeightsError` naming it.
+
+    A floating parameter must come as finite floating-point numbers (an integer or NaN/Inf
+    tensor would make every score meaningless, or not finite). Integer buffers are derived from
+    the architecture (the Swin's relative position index): the file's copy must equal it, so a
+    tampered index can neither crash scoring nor silently permute the bias tables.
+    """
+    if like.is_floating_point():
+        if not t.is_floating_point():
+            raise WeightsError(f"{path}: tensor {key} is {_dtype(t)}, not floating point")
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsError(f"{path}: tensor {key} holds {bad} non-finite value(s) (NaN or Inf)")
+        return t.float()
+    owner, _, buffer = name.rpartition(".")
+    if buffer == "relative_position_index":
+        window = model.get_submodule(owner).window_size
+        want = torch.from_numpy(relative_position_index(window))
+        if t.dtype != want.dtype or not torch.equal(t, want):
+            raise WeightsError(f"{path}: tensor {key} is not the relative position index of a "
+                               f"{'x'.join(map(str, window))} window")
+        return want
+    if t.dtype != like.dtype:
+        raise WeightsError(f"{path}: tensor {key} is {_dtype(t)}, the model needs {_dtype(like)}")
+    return t
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
 def _check_file(path: PathLike) -> None:
-    if not Path(path).is_file():
+    p = Path(path)
+    if not p.exists():
         raise WeightsError(f"{path}: weight file not found")
+    if not p.is_file():
+        raise WeightsError(f"{path}: not a regular file")
 
 
 def _torch_load(path: PathLike):

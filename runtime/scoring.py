@@ -7,6 +7,7 @@ upstream's are.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Union
@@ -15,6 +16,7 @@ import numpy as np
 
 from cover_engine.runtime.engines.base import Backend, backend_class
 from cover_engine.runtime.constants import BRANCHES
+from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.results import FileScore
 from cover_engine.runtime.views.assemble import load_views
 
@@ -55,8 +57,16 @@ class Scorer:
 
 def file_score(path, maps: Mapping[str, np.ndarray], info, backend: str,
                started: float) -> FileScore:
-    """The :class:`FileScore` of one file from its score maps (clip scores averaged)."""
+    """The :class:`FileScore` of one file from its score maps (clip scores averaged).
+
+    A NaN or infinite score is never reported: the file fails with :class:`InputError` (the
+    batch goes on), whatever made the model overflow (the input, or weights at their limits).
+    """
     mean = {k: float(v.mean()) for k, v in branch_scores(maps).items()}
+    bad = [f"{k} = {v}" for k, v in mean.items() if not math.isfinite(v)]
+    if bad:
+        raise InputError(f"{path}: the model gave a non-finite score ({', '.join(bad)}); "
+                         "not reported")
     return FileScore(path=str(path), semantic=mean["semantic"], technical=mean["technical"],
                      aesthetic=mean["aesthetic"], overall=mean["overall"],
                      frames=int(info.num_frames), resolution=f"{info.width}x{info.height}",

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from cover_engine.bench.clips import write_clip
 from cover_engine.runtime.cli.run import expand_inputs, format_table, main
 from cover_engine.runtime.results import FileScore
+from cover_engine.runtime.scoring import Scorer
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "sample.mp4"
@@ -133,3 +134,43 @@ def test_a_batch_goes_through_score_many_in_order(tmp_path, monkeypatch):
     scored = [json.loads(line)["path"] for line in result.stdout.splitlines()]
     assert scored == [str(files[0]), str(files[2])]
     assert "v1.mp4: ValueError: cannot read" in result.stderr
+
+
+# ----------------------------------------------------------------------------- non-finite scores
+
+class _MapsScorer:
+    """Scores through the real ``file_score`` from canned maps: NaN/Inf for files named so."""
+
+    name = "fake"
+    score_many = Scorer.score_many  # the real batch loop over score()
+
+    def score(self, path):
+        from types import SimpleNamespace
+
+        from cover_engine.runtime.scoring import file_score
+
+        value = {"nan": np.nan, "inf": np.inf}.get(Path(path).stem, 0.25)
+        maps = {b: np.full((1, 1, 2, 7, 7), 0.25, np.float32)
+                for b in ("semantic", "technical", "aesthetic")}
+        maps["technical"][0, 0, 0, 0, 0] = value
+        return file_score(path, maps, SimpleNamespace(num_frames=2, width=8, height=8), "fake", 0.0)
+
+
+def test_non_finite_score_fails_that_file_only(tmp_path, monkeypatch):
+    import cover_engine.runtime.scoring as scoring
+
+    monkeypatch.setattr(scoring, "make_scorer", lambda *a, **k: _MapsScorer())
+    files = [tmp_path / f"{n}.mp4" for n in ("good", "nan", "inf")]
+    for f in files:
+        f.write_bytes(b"x")
+    out_csv = tmp_path / "s.csv"
+    res = CliRunner().invoke(main, [*map(str, files), "--json", "--csv", str(out_csv), "-q"])
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    objs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [Path(o["path"]).name for o in objs] == ["good.mp4"]
+    assert "nan" not in res.stdout.lower().replace(str(tmp_path).lower(), "")
+    for name, what in (("nan.mp4", "technical = nan"), ("inf.mp4", "technical = inf")):
+        lines = [line for line in res.stderr.splitlines() if name in line]
+        assert lines and all("non-finite score" in line and what in line for line in lines), lines
+    assert [r["name"] for r in csv.DictReader(out_csv.open())] == [str(files[0])]

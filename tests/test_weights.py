@@ -1,9 +1,13 @@
 """Weight loading: official key names and shapes, strict checks, clear errors on bad files."""
 from __future__ import annotations
 
+import functools
+import io
 import json
+import pickle
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -181,3 +185,225 @@ def test_unreadable_files_are_named(small_files, tmp_path, content):
     for loader in (load_cover_checkpoint, load_clip_archive):
         with pytest.raises(WeightsError, match="bad.pt"):
             loader(bad)
+
+
+# ----------------------------------------------------------------------------- untrusted files
+
+class Payload:
+    """A scripted class whose ``__setstate__`` creates a file: torch.jit.load runs it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __getstate__(self) -> str:
+        return self.path
+
+    def __setstate__(self, state: str) -> None:
+        t = torch.from_file(state, shared=True, size=16)  # creates (or overwrites) the file
+        self.path = state + str(t.numel())
+
+
+@functools.cache
+def _scripted_payload():
+    with warnings.catch_warnings():  # TorchScript is deprecated; the archives it made are not
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(Payload)
+
+
+def _script_archive(clip: dict, target, path):
+    """A TorchScript archive with OpenAI's key names and, beside them, a hostile payload."""
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.payload = _scripted_payload()(str(target))
+            self.visual = torch.nn.Module()
+            for key, t in clip.items():
+                if key.startswith(CLIP_PREFIX):
+                    *parts, leaf = key[len(CLIP_PREFIX):].split(".")
+                    mod = self.visual
+                    for part in parts:
+                        if not hasattr(mod, part):
+                            mod.add_module(part, torch.nn.Module())
+                        mod = getattr(mod, part)
+                    mod.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
+
+        def forward(self, x):
+            return x
+
+    torch.jit.save(torch.jit.script(Holder()), str(path))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_setstate_is_never_run(small_files, tmp_path):
+    _, _, clip, cover_path, _ = small_files
+    target = tmp_path / "created-by-the-archive"
+    archive = _script_archive(clip, target, tmp_path / "hostile.pt")
+    loaded = load_model(SMALL, cover_path, archive)  # the tensors are read as data ...
+    assert not target.exists()                        # ... and the payload never ran
+    want = {k: v for k, v in clip.items() if k.startswith(CLIP_PREFIX)}
+    got = load_clip_archive(archive)
+    assert want.keys() <= got.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert not target.exists()
+    assert loaded.semantic_backbone.proj.dtype == torch.float32
+    torch.jit.load(str(archive))                      # control: the archive really is hostile
+    assert target.exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_payload_without_weights_is_refused_naming_the_file(small_files, tmp_path):
+    _, _, _, cover_path, _ = small_files
+    target = tmp_path / "created-by-the-archive"
+    archive = _script_archive({}, target, tmp_path / "payload-only.pt")
+    with pytest.raises(WeightsError, match="missing") as err:
+        load_model(SMALL, cover_path, archive)
+    assert str(archive) in str(err.value)
+    assert not target.exists()
+
+
+class _Reduce:
+    """Pickles as ``GLOBAL func`` + ``REDUCE args``: what a hand-made hostile pickle does."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _hostile_calls(target):
+    import os
+    return {"open": _Reduce(open, str(target), "w"),
+            "os.system": _Reduce(os.system, f"touch {target}"),
+            "torch.from_file": _Reduce(torch.from_file, str(target), True, 4)}
+
+
+def _torchscript_zip(path, data_pkl: bytes):
+    """A zip laid out as torch.jit.save writes it, with this ``data.pkl``."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", data_pkl)
+        z.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
+        z.writestr("archive/version", "3\n")
+    return path
+
+
+@pytest.mark.parametrize("call", ["open", "os.system", "torch.from_file"])
+def test_pickle_globals_in_a_torchscript_archive_are_refused(tmp_path, call):
+    target = tmp_path / "created"
+    payload = {"visual.proj": _hostile_calls(target)[call]}
+    archive = _torchscript_zip(tmp_path / "evil.pt", pickle.dumps(payload, protocol=2))
+    with pytest.raises(WeightsError) as err:
+        load_clip_archive(archive)
+    message = str(err.value)
+    assert str(archive) in message and "refers to" in message and "\n" not in message
+    assert not target.exists()
+    pickle.loads(pickle.dumps(payload, protocol=2))  # control: plain unpickling runs the call
+    assert target.exists()
+
+
+@pytest.mark.parametrize("call", ["open", "os.system", "torch.from_file"])
+def test_pickle_globals_in_a_checkpoint_are_refused(tmp_path, call):
+    target = tmp_path / "created"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"x": _hostile_calls(target)[call]}}, path)
+    for loader in (load_cover_checkpoint, load_clip_archive):
+        with pytest.raises(WeightsError) as err:
+            loader(path)
+        assert str(path) in str(err.value)
+        assert not target.exists()
+
+
+def _tensor_archive(path, size, stride, numel, stored_bytes, *, tag="storage",
+                    compress=None, record=True):
+    """A TorchScript-layout zip whose ``data.pkl`` holds one fp16 tensor ``visual.proj``
+    made of the given size/stride over a storage of ``numel`` elements (``stored_bytes`` on disk)."""
+    import collections
+    import zipfile
+
+    marker = object()
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return (tag, torch.HalfStorage, "0", "cpu", numel) if obj is marker else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({"visual.proj": _Reduce(
+        torch._utils._rebuild_tensor_v2, marker, 0, size, stride, False, collections.OrderedDict())})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
+        if record:
+            data = torch.arange(stored_bytes // 2, dtype=torch.half).numpy().tobytes()
+            z.writestr("archive/data/0", data + b"\0" * (stored_bytes % 2),
+                       compress_type=compress or zipfile.ZIP_STORED)
+    return path
+
+
+def test_handmade_archive_is_read(tmp_path):
+    """The helper below makes valid archives: a strided view over a shared storage."""
+    path = _tensor_archive(tmp_path / "ok.pt", (3, 2), (1, 4), 16, 32)
+    got = load_clip_archive(path)["visual.proj"]
+    assert torch.equal(got, torch.arange(16, dtype=torch.half).as_strided((3, 2), (1, 4)))
+
+
+@pytest.mark.parametrize("case,why", [
+    ("out of bounds", "reaches past its storage"),
+    ("negative stride", "malformed offset, size or stride"),
+    ("short storage", "holds 30 bytes"),
+    ("compressed storage", "compressed, not stored"),
+    ("missing storage", "is missing"),
+    ("unknown persistent id", "unsupported persistent id"),
+])
+def test_malformed_archive_tensors_are_refused(tmp_path, case, why):
+    """Storage records are checked before any tensor is made from them."""
+    import zipfile
+
+    path = tmp_path / "bad.pt"
+    args = {"out of bounds": ((1000,), (1,), 16, 32), "negative stride": ((4,), (-1,), 16, 32),
+            "short storage": ((4,), (1,), 16, 30)}.get(case, ((4,), (1,), 16, 32))
+    _tensor_archive(path, *args, tag="sturage" if case == "unknown persistent id" else "storage",
+                    compress=zipfile.ZIP_DEFLATED if case == "compressed storage" else None,
+                    record=case != "missing storage")
+    with pytest.raises(WeightsError, match=why) as err:
+        load_clip_archive(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("which,key,value,why", [
+    ("cover", "technical_backbone.patch_embed.proj.bias", float("nan"), "non-finite"),
+    ("cover", "smtc_gate_aesc.out_project_y.bias", float("inf"), "non-finite"),
+    ("clip", "visual.proj", float("-inf"), "non-finite"),
+    ("cover", "technical_head.fc_hid.weight", "int", "not floating point"),
+    ("clip", "visual.ln_post.weight", "bool", "not floating point"),
+    ("cover", "technical_backbone.layers.0.blocks.0.attn.relative_position_index", "index",
+     "relative position index"),
+    ("cover", "technical_backbone.layers.1.blocks.0.attn.relative_position_index", "float",
+     "relative position index"),
+])
+def test_bad_tensor_values_are_refused_naming_the_tensor(small_files, tmp_path, which, key, value,
+                                                         why):
+    _, cover, clip, cover_path, clip_path = small_files
+    files = {"cover": cover, "clip": clip}
+    assert key in files[which], key
+    t = files[which][key].clone()
+    if value == "int":
+        t = t.long()
+    elif value == "bool":
+        t = t > 0
+    elif value == "index":
+        t = t.clone()
+        t[0, 0] = 10 ** 6  # would index far outside the bias table
+    elif value == "float":
+        t = t.float()
+    else:
+        t.view(-1)[0] = value
+    files[which][key] = t
+    path = tmp_path / f"bad_{which}.pt"
+    torch.save({"state_dict": cover} if which == "cover" else clip, path)
+    args = (path, clip_path) if which == "cover" else (cover_path, path)
+    with pytest.raises(WeightsError, match=why) as err:
+        load_model(SMALL, *args)
+    assert key in str(err.value) and str(path) in str(err.value)
