@@ -9,15 +9,24 @@ Where a weight file is looked for, first match wins:
 A location that was asked for but holds no file is an error; nothing falls through to the next.
 
 Verification: hashing the 890 MB CLIP archive on every start would cost seconds, so a file is
-hashed in full once, and a sidecar ``NAME.sha256`` (``sha256sum`` format) is written beside it.
-Later checks are cheap: the size (where published), plus the sidecar, which is trusted only if
-it names the expected digest and is not older than the file. A file without a trusted sidecar
-(put in place by hand, or replaced since) is hashed again; if its folder is read-only the sidecar
-cannot be written and that full hash repeats each time. ``cover-fetch --check`` always hashes.
+hashed in full once, and a sidecar ``NAME.sha256`` is written beside it: ``sha256sum`` format
+(``sha256sum -c`` reads it) plus a ``#`` comment line recording the file's size, modification
+time, change time and inode at the moment it was hashed. Later checks are cheap: the sidecar is
+trusted only if it names the expected digest and every recorded value still matches, so a file
+replaced since (even one of the same size with its mtime set back) is hashed again. If the folder
+is read-only the sidecar cannot be written and that full hash repeats each time.
+``cover-fetch --check`` always hashes.
+
+Trust model: the cache folder is the user's own and trusted (the sidecar is a speed-up within
+it, not a signature); the weight files' *contents* are untrusted input and are never executed
+(see ``cover_engine.export.weights``).
 
 Downloads stream into ``NAME.part``, resume it with an HTTP Range request, hash while writing,
 and only a verified file is fsynced and renamed to ``NAME``: an interrupted or corrupted download
-never leaves a file under the final name, and an existing file is never deleted.
+never leaves a file under the final name, and an existing file is never deleted. Nothing is
+written through a symlink or into a non-regular file: a ``.part`` that is a symlink, FIFO or
+device is removed and replaced by a fresh regular file (``O_NOFOLLOW``), and the sidecar is
+written to a freshly created temporary (``O_EXCL``) and renamed over the old one.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import hashlib
 import http.client
 import os
 import re
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -35,8 +45,8 @@ from tqdm import tqdm
 
 from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_HOME_ENV, COVER_WEIGHTS, WeightFile
 from cover_engine.runtime.errors import WeightsError
-from cover_engine.runtime.durable import fsync_dir
-from cover_engine.runtime.hashing import sha256_file, sha256_of
+from cover_engine.runtime.durable import NotRegularFile, fsync_dir, kind_of, open_regular
+from cover_engine.runtime.hashing import sha256_file
 
 #: The files ``cover-fetch`` manages, by the short names ``--only`` and ``--url`` accept.
 FILES: dict[str, WeightFile] = {"cover": COVER_WEIGHTS, "clip": CLIP_WEIGHTS}
@@ -72,19 +82,26 @@ def verify(path: PathLike, wf: WeightFile, *, full: bool = False) -> Optional[st
     A successful full hash records the sidecar; a failed one removes a stale sidecar.
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except OSError:
         return f"{path} does not exist"
-    size = path.stat().st_size
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is {kind_of(st.st_mode)}, not a weight file"
+    size = st.st_size
     if wf.size is not None and size != wf.size:
         return (f"{path} has {size} bytes, expected {wf.size} "
                 f"(an incomplete download or not {wf.name})")
-    if not full and _sidecar_vouches(path, wf.sha256):
+    if not full and _sidecar_vouches(path, wf.sha256, st):
         return None
     digest = sha256_file(path)
     if digest != wf.sha256:
-        _sidecar(path).unlink(missing_ok=True)
+        try:
+            _sidecar(path).unlink(missing_ok=True)
+        except OSError:
+            pass
         return f"{path} has sha256 {digest}, expected {wf.sha256} (corrupted or not {wf.name})"
-    _write_sidecar(path, digest)
+    _write_sidecar(path, digest, st)  # the stat taken before hashing: a change since shows
     return None
 
 
@@ -155,7 +172,11 @@ def download(wf: WeightFile, dest_dir: PathLike, *, urls: Optional[Sequence[str]
                     continue  # it got further: resume from there
                 break
             if digest == wf.sha256:
-                _install(part, dest, digest)
+                try:
+                    _install(part, dest, digest)
+                except OSError as exc:
+                    raise WeightsError(f"{dest}: cannot put the verified download there "
+                                       f"({exc.strerror or exc}); it is kept at {part}") from None
                 return dest
             part.unlink()
             failure = f"checksum mismatch: expected sha256 {wf.sha256}, got {digest}"
@@ -166,10 +187,38 @@ def download(wf: WeightFile, dest_dir: PathLike, *, urls: Optional[Sequence[str]
     raise WeightsError(_failure_message(wf, dest, part, failures))
 
 
+def _open_part(part: Path):
+    """``part`` opened for reading and writing, created if absent; only ever a regular file.
+
+    A ``.part`` that is anything else (a symlink to a file elsewhere, a FIFO, a device) was not
+    written by us: the entry is removed (a symlink's target is untouched) and a fresh file made.
+    """
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            raise WeightsError(f"{part} is a folder where the partial download goes; remove it")
+        os.unlink(part)
+    try:
+        fd = open_regular(part, os.O_RDWR | os.O_CREAT)
+    except NotRegularFile as exc:  # replaced by something else in between: refuse, never follow
+        raise WeightsError(f"{part}: {exc.strerror}; not writing the download there") from None
+    return os.fdopen(fd, "r+b")
+
+
 def _transfer(url: str, part: Path, wf: WeightFile, *, progress: bool, timeout: float) -> str:
     """One request extending ``part`` (rewritten if the server ignores Range); its sha256."""
-    offset = _size(part)
-    hasher = sha256_of(part) if offset else hashlib.sha256()
+    with _open_part(part) as out:
+        return _transfer_into(out, url, wf, progress=progress, timeout=timeout)
+
+
+def _transfer_into(out, url: str, wf: WeightFile, *, progress: bool, timeout: float) -> str:
+    offset = os.fstat(out.fileno()).st_size
+    hasher = hashlib.sha256()
+    while offset and (chunk := out.read(_CHUNK)):  # the bytes already there, from this handle
+        hasher.update(chunk)
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
@@ -190,10 +239,11 @@ def _transfer(url: str, part: Path, wf: WeightFile, *, progress: bool, timeout: 
         length = response.headers.get("Content-Length")
         length = int(length) if length is not None else None
         received = 0
-        with open(part, "ab" if offset else "wb") as out, tqdm(
-                total=offset + length if length is not None else wf.size, initial=offset,
-                desc=wf.name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                disable=not (progress and sys.stderr.isatty())) as bar:
+        out.seek(offset)
+        out.truncate(offset)
+        with tqdm(total=offset + length if length is not None else wf.size, initial=offset,
+                  desc=wf.name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                  disable=not (progress and sys.stderr.isatty())) as bar:
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 hasher.update(chunk)
@@ -208,10 +258,13 @@ def _transfer(url: str, part: Path, wf: WeightFile, *, progress: bool, timeout: 
 
 
 def _install(part: Path, dest: Path, digest: str) -> None:
-    """Atomically give the verified ``part`` its final name, durably, and record its digest."""
+    """Atomically give the verified ``part`` its final name, durably, and record its digest.
+
+    ``os.replace`` renames the entry: a symlink or FIFO at ``dest`` is replaced, never written
+    through."""
     os.replace(part, dest)
     fsync_dir(dest.parent)
-    _write_sidecar(dest, digest)
+    _write_sidecar(dest, digest, dest.stat())
 
 
 def _failure_message(wf: WeightFile, dest: Path, part: Path,
@@ -238,29 +291,58 @@ def _describe(exc: BaseException) -> str:
 
 
 def _size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
+    """Bytes of a regular file at ``path`` (not followed if a symlink); 0 for anything else."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _sidecar_vouches(path: Path, sha256: str) -> bool:
-    """The sidecar names ``sha256`` and was written after the file last changed."""
-    sidecar = _sidecar(path)
+#: What the sidecar's comment line records, in order: a change to any of them means a re-hash.
+_STAMP_FIELDS = ("size", "mtime_ns", "ctime_ns", "ino")
+
+
+def _stamp(st: os.stat_result) -> str:
+    values = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return " ".join(f"{k}={v}" for k, v in zip(_STAMP_FIELDS, values))
+
+
+def _sidecar_vouches(path: Path, sha256: str, st: os.stat_result) -> bool:
+    """The sidecar (a regular file) names ``sha256`` and the file is still the one it hashed."""
     try:
-        recorded = sidecar.read_text().split()
-        fresh = sidecar.stat().st_mtime_ns >= path.stat().st_mtime_ns
+        fd = open_regular(_sidecar(path), os.O_RDONLY)
     except OSError:
         return False
-    return fresh and bool(recorded) and recorded[0] == sha256
+    with os.fdopen(fd, "rb") as f:
+        text = f.read(4096).decode("utf-8", "replace")
+    lines = text.splitlines()
+    if len(lines) < 2 or not lines[0].split():
+        return False  # no stamp (an older sidecar, or one written by hand): hash again
+    return lines[0].split()[0] == sha256 and lines[1] == f"# {_stamp(st)}"
 
 
-def _write_sidecar(path: Path, digest: str) -> None:
-    """Record a verified digest; best effort, since a read-only folder only costs a re-hash."""
+def _write_sidecar(path: Path, digest: str, st: os.stat_result) -> None:
+    """Record a verified digest with the file's stamp; best effort, since a read-only folder
+    only costs a re-hash. Written to a new temporary (``O_EXCL``: never through a planted link)
+    and renamed over the sidecar."""
     tmp = path.with_name(path.name + ".sha256.tmp")
     try:
-        tmp.write_text(f"{digest}  {path.name}\n")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{digest}  {path.name}\n# {_stamp(st)}\n")
         os.replace(tmp, _sidecar(path))
     except OSError:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass

@@ -9,7 +9,9 @@ import hashlib
 import os
 import random
 import re
+import signal
 import socket
+import stat
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -142,7 +144,10 @@ def test_full_download_is_verified_and_recorded(server, tmp_path):
     path = _get(wf, tmp_path / "w")
     assert path == tmp_path / "w" / "fake.bin"
     assert path.read_bytes() == PAYLOAD
-    assert (tmp_path / "w" / "fake.bin.sha256").read_text() == f"{wf.sha256}  fake.bin\n"
+    st = path.stat()
+    assert (tmp_path / "w" / "fake.bin.sha256").read_text() == (
+        f"{wf.sha256}  fake.bin\n# size={st.st_size} mtime_ns={st.st_mtime_ns} "
+        f"ctime_ns={st.st_ctime_ns} ino={st.st_ino}\n")
     assert not (tmp_path / "w" / "fake.bin.part").exists()
     assert [(r["range"], r["sent"]) for r in server.requests] == [(None, len(PAYLOAD))]
 
@@ -402,3 +407,145 @@ def test_cli_rejects_a_malformed_url_option(fake_files, tmp_path):
 
 def test_real_weight_files_are_the_ones_managed():
     assert fetch.FILES == {"cover": COVER_WEIGHTS, "clip": CLIP_WEIGHTS}
+
+
+# --- the sidecar cannot vouch for a substituted file -------------------------------------
+
+def _count_hashes(monkeypatch) -> list:
+    calls: list = []
+    real = fetch.sha256_file
+    monkeypatch.setattr(fetch, "sha256_file", lambda p: calls.append(p) or real(p))
+    return calls
+
+
+@pytest.mark.parametrize("how", ["same size, mtime set back", "rename over it", "bigger"])
+def test_substituted_file_is_hashed_again(monkeypatch, tmp_path, how):
+    wf = WeightFile(name="fake.bin", urls=("http://127.0.0.1:9/x",), sha256=_sha(PAYLOAD))
+    path = _place(tmp_path)
+    fetch.resolve_weights(wf, path)  # hashed, sidecar written
+    calls = _count_hashes(monkeypatch)
+    fetch.resolve_weights(wf, path)
+    assert calls == []  # the sidecar vouches for the untouched file
+    before = path.stat()
+    evil = PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1])
+    if how == "same size, mtime set back":
+        path.write_bytes(evil)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    elif how == "rename over it":
+        other = tmp_path / "other"
+        other.write_bytes(evil)
+        os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(other, path)
+    else:
+        path.write_bytes(PAYLOAD + b"x")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(WeightsError, match="expected"):
+        fetch.resolve_weights(wf, path)
+    assert calls == [path]
+
+
+def test_sidecar_without_stamp_is_not_trusted(monkeypatch, tmp_path):
+    """An older or hand-written sidecar (digest only) leads to one hash, then a stamped one."""
+    wf = WeightFile(name="fake.bin", urls=("http://127.0.0.1:9/x",), sha256=_sha(PAYLOAD))
+    path = _place(tmp_path)
+    (tmp_path / "fake.bin.sha256").write_text(f"{wf.sha256}  fake.bin\n")
+    calls = _count_hashes(monkeypatch)
+    fetch.resolve_weights(wf, path)
+    fetch.resolve_weights(wf, path)
+    assert calls == [path]
+    assert "# size=" in (tmp_path / "fake.bin.sha256").read_text()
+
+
+def test_cli_check_rehashes_even_when_the_sidecar_vouches(fake_files, tmp_path, monkeypatch):
+    runner = CliRunner()
+    assert runner.invoke(cli_fetch.main, ["--dir", str(tmp_path), "-q"]).exit_code == 0
+    path = tmp_path / "fake.bin"
+    path.write_bytes(PAYLOAD[:-1] + b"\0")
+    # a sidecar forged for the corrupted file: the cheap check believes it ...
+    fetch._write_sidecar(path, fake_files["cover"].sha256, path.stat())
+    assert fetch.verify(path, fake_files["cover"]) is None
+    calls = _count_hashes(monkeypatch)
+    result = runner.invoke(cli_fetch.main, ["--dir", str(tmp_path), "--check", "--only", "cover"])
+    assert result.exit_code == 1 and calls == [path]  # ... --check does not
+    assert f"expected {fake_files['cover'].sha256}" in result.stderr
+
+
+# --- never write through a symlink or into a non-regular file ------------------------------
+
+def test_part_symlink_to_a_file_elsewhere_is_replaced_not_written(server, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    dest = tmp_path / "w"
+    dest.mkdir()
+    (dest / "fake.bin.part").symlink_to(victim)
+    path = _get(_wf(server), dest)
+    assert path.read_bytes() == PAYLOAD
+    assert victim.read_bytes() == b"precious\n"
+    assert server.requests[0]["range"] is None  # the link's target was not taken as a partial
+
+
+def test_part_fifo_neither_blocks_nor_is_written(server, tmp_path):
+    dest = tmp_path / "w"
+    dest.mkdir()
+    os.mkfifo(dest / "fake.bin.part")
+    path = _run_with_alarm(lambda: _get(_wf(server), dest))
+    assert path.read_bytes() == PAYLOAD and not (dest / "fake.bin.part").exists()
+
+
+def test_part_folder_is_one_clear_error(server, tmp_path):
+    dest = tmp_path / "w"
+    (dest / "fake.bin.part").mkdir(parents=True)
+    with pytest.raises(WeightsError, match="fake.bin.part is a folder") as err:
+        _get(_wf(server), dest)
+    assert "\n" not in str(err.value)
+
+
+def test_sidecar_links_and_fifos_are_never_written_through(server, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    dest = tmp_path / "w"
+    dest.mkdir()
+    (dest / "fake.bin.sha256.tmp").symlink_to(victim)
+    (dest / "fake.bin.sha256").symlink_to(victim)
+    path = _get(_wf(server), dest)
+    assert victim.read_bytes() == b"precious\n"
+    sidecar = dest / "fake.bin.sha256"
+    assert not sidecar.is_symlink() and sidecar.read_text().startswith(_sha(PAYLOAD))
+    sidecar.unlink()
+    os.mkfifo(sidecar)  # a FIFO sidecar must not hang the cheap check
+    assert _run_with_alarm(lambda: fetch.verify(path, _wf(server))) is None
+    assert not stat.S_ISFIFO(os.lstat(sidecar).st_mode)
+
+
+def test_destination_symlink_is_replaced_not_written(server, tmp_path):
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"precious\n")
+    dest = tmp_path / "w"
+    dest.mkdir()
+    (dest / "fake.bin").symlink_to(victim)
+    path = _get(_wf(server), dest)
+    assert not path.is_symlink() and path.read_bytes() == PAYLOAD
+    assert victim.read_bytes() == b"precious\n"
+
+
+def test_check_names_a_fifo_for_what_it_is(fake_files, tmp_path):
+    os.mkfifo(tmp_path / "fake.bin")
+    result = _run_with_alarm(lambda: CliRunner().invoke(
+        cli_fetch.main, ["--dir", str(tmp_path), "--check", "--only", "cover"]))
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'fake.bin'} is a FIFO" in result.stderr
+
+
+def _run_with_alarm(fn, seconds: int = 20):
+    """Run ``fn``; a call that blocks (opening a FIFO) fails the test instead of hanging it."""
+    def timeout(*_):
+        raise TimeoutError("blocked: opened a FIFO?")
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
