@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -21,7 +22,7 @@ from cover_engine.runtime.cli.options import csv_option, quiet_option, scorer_op
 from cover_engine.runtime.constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from cover_engine.runtime.results import FileScore
 
-__all__ = ["main", "expand_inputs", "format_table"]
+__all__ = ["main", "expand_inputs", "format_table", "media_in_folder"]
 
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 COLUMNS = ("semantic", "technical", "aesthetic", "overall")
@@ -38,9 +39,9 @@ def expand_inputs(args: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
-            if not found:
+            found, unreadable = media_in_folder(path)
+            missing.extend(unreadable)
+            if not found and not unreadable:
                 missing.append((arg, "folder holds no video or image files"))
             files.extend(found)
         elif path.exists() or not glob.has_magic(arg):
@@ -53,6 +54,27 @@ def expand_inputs(args: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]
     seen: set[Path] = set()
     unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
     return unique, missing
+
+
+def media_in_folder(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Entries with a media extension under ``folder`` (symlinked folders not followed), sorted,
+    and ``(folder, error)`` for each folder that could not be listed.
+
+    Anything with a media extension that is not a folder is kept (a FIFO or a dangling link named
+    ``x.mp4`` is then reported by the scorer for what it is, not silently left out)."""
+    found: list[Path] = []
+    unreadable: list[tuple[str, str]] = []
+
+    def onerror(exc: OSError) -> None:
+        unreadable.append((str(exc.filename or folder),
+                           f"{exc.filename or folder}: cannot list folder ({exc.strerror or exc})"))
+
+    for root, dirs, names in os.walk(folder, onerror=onerror):
+        dirs.sort()
+        for name in names:
+            if Path(name).suffix.lower() in MEDIA_EXTENSIONS:
+                found.append(Path(root) / name)
+    return sorted(found), unreadable
 
 
 def format_table(rows: list[FileScore]) -> str:

@@ -231,21 +231,23 @@ def read_labels(path, fmt: str = "auto", *, name_column: Optional[str] = None,
     return items
 
 
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte, ...
-        return False
-
-
 def locate(root, name: str) -> Optional[Path]:
     """The file ``name`` refers to under ``root``, or ``None`` if there is none."""
     path = Path(name) if Path(name).is_absolute() else Path(root) / name
-    if _is_file(path):
+    if _present(path):
         return path
     if not path.suffix:
         for ext in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS:
             candidate = path.with_name(path.name + ext)
-            if _is_file(candidate):
+            if _present(candidate):
                 return candidate
     return None
+
+
+def _present(path: Path) -> bool:
+    """Something other than a folder is there: a FIFO or device is then refused by the scorer
+    for what it is, not listed as missing."""
+    try:
+        return path.exists() and not path.is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte, ...
+        return False

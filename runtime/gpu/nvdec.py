@@ -49,7 +49,7 @@ import numpy as np
 from cover_engine.runtime.constants import NVDEC_CODECS, NVDEC_CONTAINER_HINT, NVDEC_MAX_SIZE
 from cover_engine.runtime.gpu import cuda as gpu
 from cover_engine.runtime.media.colour import YuvToRgb, yuv_to_rgb_coefficients
-from cover_engine.runtime.media.decode import FrameIndex, MediaInfo, frame_index
+from cover_engine.runtime.media.decode import FrameIndex, MediaInfo, frame_index, local_path
 from cover_engine.runtime.errors import NvdecUnavailable
 
 #: Pixel formats NVDEC returns as NV12 / P016 (4:2:0, 8 to 12 bits).
@@ -376,7 +376,7 @@ class NvdecDecoder:
         """Ask the driver (once per codec, chroma format and bit depth) whether this GPU
         decodes the stream, with the values NVDEC's own demuxer reads from the file."""
         nvc = self._nvc
-        demuxer = nvc.CreateDemuxer(filename=str(path))
+        demuxer = nvc.CreateDemuxer(filename=local_path(path))
         codec, chroma, depth = demuxer.GetNvCodecId(), demuxer.ChromaFormat(), demuxer.BitDepth()
         key = (str(codec), str(chroma), int(depth))
         if key not in self._caps:
@@ -392,7 +392,7 @@ class NvdecDecoder:
         if self._decoder is not None and self._decoder_key == key and \
                 width <= self._decoder_size[0] and height <= self._decoder_size[1]:
             try:
-                self._decoder.reconfigure_decoder(str(path))
+                self._decoder.reconfigure_decoder(local_path(path))
                 self.reconfigured += 1
                 return self._decoder
             except _PROGRAMMING_ERRORS:
@@ -403,7 +403,7 @@ class NvdecDecoder:
         wide, tall = self.max_size if width >= height else self.max_size[::-1]
         size = (max(width, wide), max(height, tall))
         nvc = self._nvc
-        self._decoder = nvc.SimpleDecoder(str(path), gpu_id=self.device,
+        self._decoder = nvc.SimpleDecoder(local_path(path), gpu_id=self.device,
                                           cuda_context=gpu.current_context(),
                                           cuda_stream=int(self._stream), use_device_memory=True,
                                           max_width=size[0], max_height=size[1],

@@ -37,10 +37,18 @@ Choices, and why:
   views can differ from upstream's by a few levels at sharp colour edges.
 * A resolution change mid-stream is scaled (swscale, bilinear) back to the first frame's size,
   as decord's fixed-size output did.
+* **Names are local files, never URLs**: FFmpeg reads ``http:b.mp4``, ``concat:a.mp4|b.mp4``,
+  ``pipe:0`` or ``file:a.mp4`` as protocols, and ``img%d.png`` as an image sequence. Every input
+  is opened by its absolute path (:func:`local_path`), with the protocol whitelist ``file`` and
+  image patterns off, so each name means exactly the file of that name. Anything but a regular
+  file (a FIFO, a device such as ``/dev/zero``, a folder) is refused by :func:`check_file` before
+  FFmpeg sees it, with what it is.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -51,6 +59,7 @@ import av
 import numpy as np
 
 from cover_engine.runtime.media.colour import YuvToRgb, matrix_for, yuv_to_rgb, yuv_to_rgb_coefficients
+from cover_engine.runtime.durable import kind_of
 from cover_engine.runtime.errors import InputError, ShortVideoError
 
 #: Planar YUV formats converted by ``colour.py`` (others go through swscale to rgb24).
@@ -58,6 +67,9 @@ _PLANAR_YUV = re.compile(r"^yuvj?a?(420|422|444|440|411|410)p(9|10|12|14|16)?(le
 _AVCOL_RANGE_JPEG = 2
 #: FFmpeg's AVFieldOrder: 0 unknown, 1 progressive, 2..5 the field orders of interlaced video.
 _AV_FIELD_PROGRESSIVE = 1
+#: Demuxer options for every input: only the ``file`` protocol (no network, pipes, concat...),
+#: and an image name is that one image, never a pattern of several.
+LOCAL_ONLY = {"protocol_whitelist": "file", "pattern_type": "none"}
 
 
 @dataclass(frozen=True)
@@ -123,22 +135,34 @@ def conversion(frame: av.VideoFrame) -> YuvToRgb:
                                    frame.format.components[0].bits)
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
+def local_path(path) -> str:
+    """The absolute path FFmpeg is given: a leading ``/`` can never parse as ``proto:``."""
+    return os.path.abspath(os.fspath(path))
+
+
+def check_file(path) -> None:
+    """:class:`InputError` (one line, naming ``path``) unless it is a non-empty regular file
+    (symlinks to one are fine): a FIFO would block the reader, a device never ends."""
+    try:
+        st = os.stat(local_path(path))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{path}: is a directory, not a video or image")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: is {kind_of(st.st_mode)}, not a video or image file")
+    if st.st_size == 0:
         raise InputError(f"{path}: file is empty")
 
 
 @contextmanager
 def _open(path) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     """The container and its first video stream, with clear errors for what is not a video."""
-    path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
-        container = av.open(str(path))
+        container = av.open(local_path(path), container_options=dict(LOCAL_ONLY))
     except av.error.FFmpegError as exc:
         reason = exc.strerror or str(exc)
         raise InputError(f"{path}: not a video or image FFmpeg can read ({reason})") from None
