@@ -23,6 +23,7 @@ from cover_engine.runtime.cli.run import expand_inputs, main as run_main
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.media.decode import probe
 from cover_engine.runtime.results import FileScore
+from cover_engine.runtime.scoring import Scorer
 
 from media import flat, write_image, write_video
 
@@ -187,6 +188,7 @@ class _ProbeScorer:
     """Opens each file as the real scorers do (``probe``), then reports its frame count."""
 
     name = "probe"
+    score_many = Scorer.score_many  # the real batch loop over score()
 
     def score(self, path):
         info = probe(path)
