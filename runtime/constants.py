@@ -177,3 +177,9 @@ def views_for_inputs(inputs: dict[str, tuple[int, ...]] | None) -> dict[str, Vie
 JSON_MAX_BYTES = 16 << 20
 JSON_MAX_DEPTH = 32
 JSON_MAX_INT_DIGITS = 30
+
+#: YUV -> RGB conversions ``cover-run --colour`` offers (``runtime/media/colour.py``): "decord" is
+#: what upstream's decoder (decord: FFmpeg 4.1 swscale on x86-64) returns, bit for bit; "exact"
+#: is the signalled matrix in float32 with nearest chroma, rounded half to even.
+COLOUR_MODES: tuple[str, ...] = ("decord", "exact")
+DEFAULT_COLOUR = "decord"

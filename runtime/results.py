@@ -6,7 +6,7 @@ ever appended to; the one repair on reopening is cutting off an unterminated las
 the crash tore in half), and that row's file is simply scored again. ``cover-run --csv`` and
 ``cover-eval`` share this format:
 
-    name,semantic,technical,aesthetic,overall,frames,resolution,backend,seconds[,extra...]
+    name,semantic,technical,aesthetic,overall,frames,resolution,backend,colour,seconds[,extra...]
 
 Scores are written with ``repr`` (shortest round-trip form), so the raw numbers are kept exactly.
 """
@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
+from cover_engine.runtime.constants import DEFAULT_COLOUR
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.durable import fsync_dir
 
 #: Columns of every score CSV, in order; callers may append extra columns (``cover-eval``: mos).
 SCORE_COLUMNS: tuple[str, ...] = (
     "name", "semantic", "technical", "aesthetic", "overall",
-    "frames", "resolution", "backend", "seconds",
+    "frames", "resolution", "backend", "colour", "seconds",
 )
 
 
@@ -42,6 +43,7 @@ class FileScore:
     resolution: str  # "WxH"
     backend: str
     seconds: float
+    colour: str = DEFAULT_COLOUR  # YUV -> RGB conversion used (constants.COLOUR_MODES)
 
     def to_dict(self) -> dict:
         """Plain fields, for JSON."""
@@ -58,6 +60,7 @@ class FileScore:
             "frames": str(int(self.frames)),
             "resolution": self.resolution,
             "backend": self.backend,
+            "colour": self.colour,
             "seconds": f"{self.seconds:.4f}",
         }
 
@@ -74,6 +77,7 @@ class FileScore:
             resolution=row["resolution"],
             backend=row["backend"],
             seconds=float(row["seconds"]),
+            colour=row["colour"],
         )
 
 

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Mapping, Optional, Union
 import numpy as np
 
 from cover_engine.runtime.engines.base import Backend, backend_class
-from cover_engine.runtime.constants import BRANCHES
+from cover_engine.runtime.constants import BRANCHES, COLOUR_MODES, DEFAULT_COLOUR
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.results import FileScore
 from cover_engine.runtime.views.assemble import load_views
@@ -32,18 +32,24 @@ def branch_scores(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 class Scorer:
     """Scores one file at a time with a backend; ``clips`` sampled clips form one batch."""
 
-    def __init__(self, backend: Backend, *, seed: Optional[int] = None, clips: int = 1):
+    def __init__(self, backend: Backend, *, seed: Optional[int] = None, clips: int = 1,
+                 colour: str = DEFAULT_COLOUR):
         if clips < 1:
             raise ValueError("clips must be at least 1")
+        if colour not in COLOUR_MODES:
+            raise ValueError(f"unknown colour conversion {colour!r}")
         self.backend = backend
         self.name = backend.name
         self.seed = seed
         self.clips = clips
+        self.colour = colour
 
     def score(self, path) -> FileScore:
         start = time.perf_counter()
-        views, info = load_views(path, self.backend.specs, seed=self.seed, clips=self.clips)
-        return file_score(path, self.backend.run(views), info, self.name, start)
+        views, info = load_views(path, self.backend.specs, seed=self.seed, clips=self.clips,
+                                 colour=self.colour)
+        return file_score(path, self.backend.run(views), info, self.name, start,
+                          colour=self.colour)
 
     def score_many(self, paths: Iterable) -> Iterator[tuple[object, Union[FileScore, Exception]]]:
         """``(path, FileScore or the exception it raised)`` for each file, in order; a file
@@ -56,7 +62,7 @@ class Scorer:
 
 
 def file_score(path, maps: Mapping[str, np.ndarray], info, backend: str,
-               started: float) -> FileScore:
+               started: float, colour: str = DEFAULT_COLOUR) -> FileScore:
     """The :class:`FileScore` of one file from its score maps (clip scores averaged).
 
     A NaN or infinite score is never reported: the file fails with :class:`InputError` (the
@@ -70,7 +76,7 @@ def file_score(path, maps: Mapping[str, np.ndarray], info, backend: str,
     return FileScore(path=str(path), semantic=mean["semantic"], technical=mean["technical"],
                      aesthetic=mean["aesthetic"], overall=mean["overall"],
                      frames=int(info.num_frames), resolution=f"{info.width}x{info.height}",
-                     backend=backend, seconds=time.perf_counter() - started)
+                     backend=backend, seconds=time.perf_counter() - started, colour=colour)
 
 
 def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
@@ -146,30 +152,35 @@ def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
 
 def make_scorer(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
                 device: str = "cpu", precision: str = "fp32", seed: Optional[int] = None,
-                clips: int = 1, config=None, random_weights: bool = False, log=print) -> Scorer:
-    """A :class:`Scorer` over :func:`make_backend` (the entry point for cover-run and cover-eval)."""
+                clips: int = 1, config=None, random_weights: bool = False, log=print,
+                colour: str = DEFAULT_COLOUR) -> Scorer:
+    """A :class:`Scorer` over :func:`make_backend` (the entry point for cover-run and cover-eval);
+    ``colour`` is the YUV -> RGB conversion (``constants.COLOUR_MODES``)."""
     chosen = make_backend(backend, engines=engines, weights=weights, clip_weights=clip_weights,
                           device=device, precision=precision, config=config,
                           random_weights=random_weights, log=log)
     if chosen.name.startswith("tensorrt"):
-        return GpuScorer(chosen, seed=seed, clips=clips, log=log)
-    return Scorer(chosen, seed=seed, clips=clips)
+        return GpuScorer(chosen, seed=seed, clips=clips, log=log, colour=colour)
+    return Scorer(chosen, seed=seed, clips=clips, colour=colour)
 
 
 class GpuScorer:
     """The GPU path: NVDEC decoding and the view kernels feeding TensorRT (see ``gpu_views``)."""
 
-    def __init__(self, backend: Backend, *, seed: Optional[int] = None, clips: int = 1, log=print):
+    def __init__(self, backend: Backend, *, seed: Optional[int] = None, clips: int = 1, log=print,
+                 colour: str = DEFAULT_COLOUR):
         from cover_engine.runtime.gpu.pipeline import GpuPipeline
 
         self.pipeline = GpuPipeline(backend, log=log)
         self.name = backend.name
         self.seed = seed
         self.clips = clips
+        self.colour = colour
 
     def score(self, path) -> FileScore:
-        return self.pipeline.score(path, seed=self.seed, clips=self.clips)
+        return self.pipeline.score(path, seed=self.seed, clips=self.clips, colour=self.colour)
 
     def score_many(self, paths: Iterable) -> Iterator[tuple[object, Union[FileScore, Exception]]]:
         """As :meth:`Scorer.score_many`, decoding each file while the one before is inferred."""
-        return self.pipeline.score_many(paths, seed=self.seed, clips=self.clips)
+        return self.pipeline.score_many(paths, seed=self.seed, clips=self.clips,
+                                        colour=self.colour)

@@ -28,8 +28,10 @@ SMALL = {"semantic": replace(OFFICIAL_VIEWS["semantic"], clip_len=4, t_frag=4, s
                               size_w=32)}
 
 
-def colour_error(path, sources):
-    frames = dict(read_frames(path, range(len(sources))))
+def colour_error(path, sources, colour="exact"):
+    """Worst and mean error against the pictures encoded (the exact maths: decord's conversion
+    is checked against decord itself, in test_decord_parity.py)."""
+    frames = dict(read_frames(path, range(len(sources)), colour=colour))
     assert sorted(frames) == list(range(len(sources)))
     diffs = [np.abs(frames[i].astype(int) - src.astype(int)) for i, src in enumerate(sources)]
     return max(d.max() for d in diffs), float(np.mean([d.mean() for d in diffs]))
@@ -126,16 +128,24 @@ def test_resolution_change_is_scaled_to_the_first_size(tmp_path):
     assert abs(frames[3].mean() - 110) < 2
 
 
-def test_rotation_is_reported_and_applied_on_request(tmp_path):
+def test_rotation_is_applied_as_decord_does_and_on_request(tmp_path):
     source = pattern(48, 64)
     path = write_video(tmp_path / "rot.mp4", [source] * 2, rotation=90)
     assert probe(path).rotation == 90
-    (_, plain), = read_frames(path, [0])
-    (_, turned), = read_frames(path, [0], rotate=True)
-    assert plain.shape == (48, 64, 3)
+    (_, plain), = read_frames(path, [0], rotate=False)
+    (_, turned), = read_frames(path, [0])  # decord (the default) turns the frame
+    (_, exact), = read_frames(path, [0], colour="exact")  # today's exact mode does not
+    (_, exact_turned), = read_frames(path, [0], colour="exact", rotate=True)
+    assert plain.shape == exact.shape == (48, 64, 3)
     np.testing.assert_array_equal(turned, np.rot90(plain))
-    views, _ = load_views(path, SMALL, rotate=True)
-    assert views["technical"].shape[-2:] == (64, 64)
+    np.testing.assert_array_equal(exact_turned, np.rot90(exact))
+    views, info = load_views(path, SMALL)
+    assert (info.width, info.height) == (64, 48)  # info stays the decoded size
+    eager = build_views(dict(read_frames(path, range(2))), 2, SMALL)  # views of turned frames
+    for name, spec in SMALL.items():
+        np.testing.assert_array_equal(views[name][0], normalise(eager[name], spec))
+    unturned, _ = load_views(path, SMALL, rotate=False)
+    assert not np.array_equal(unturned["aesthetic"], views["aesthetic"])
 
 
 # ----------------------------------------------------------------------------- seeking
@@ -464,7 +474,7 @@ def test_exact_conversion_is_within_three_levels_of_swscale(tmp_path):
     path = write_video(tmp_path / "v.mp4", sources, colorspace=1)
     with av.open(str(path)) as container:
         frame = next(container.decode(video=0))
-        ours = Frame.from_av(frame).to_rgb()
+        ours = Frame.from_av(frame, "exact").to_rgb()
         theirs = frame.reformat(format="rgb24", src_colorspace="ITU709",
                                 src_color_range="MPEG").to_ndarray()
     assert np.abs(ours.astype(int) - theirs).max() <= 3

@@ -337,9 +337,13 @@ class HostDecoder:
     def __init__(self):
         self.calls = []
 
-    def decode(self, path, indices, info, *, stream):
+    def decode(self, path, indices, info, *, stream, colour="decord"):
         import av
 
+<<<<<<< /tmp/cur
+=======
+        from cover_engine.runtime.media.colour import frame_conversion
+>>>>>>> /tmp/mine
         from cover_engine.runtime.gpu.pipeline import HostFrames, semi_planar
         from cover_engine.runtime.media.colour import yuv_to_rgb_coefficients
 
@@ -351,8 +355,13 @@ class HostDecoder:
                     planes[k] = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)
                                  [:, :p.width] for p in frame.planes]
         nv12 = [semi_planar(*planes[k]) for k in wanted]
+<<<<<<< /tmp/cur
         conv = yuv_to_rgb_coefficients(info.matrix, info.full_range, info.bit_depth)
 
+=======
+        conv = frame_conversion(colour, info.matrix, info.full_range, info.bit_depth, info.height,
+                                info.width, 1, 1)
+>>>>>>> /tmp/mine
         class Frames(HostFrames):
             def close(self):  # what the slot calls once the kernels are done
                 pass
@@ -453,7 +462,7 @@ def test_gpu_pipeline_falls_back_to_the_cpu_with_one_notice(pipeline_parts, fold
     gpu_views, _ = pipeline_parts
 
     class Refusing:
-        def decode(self, path, indices, info, *, stream):
+        def decode(self, path, indices, info, *, stream, colour="decord"):
             raise nvdec.NvdecUnavailable("NVDEC cannot decode h264: no decoder engine")
 
     video = _encode_h264(tmp_path / "clip.mp4", frames=12)

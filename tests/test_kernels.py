@@ -19,7 +19,8 @@ import pytest
 from media import has_encoder, pattern, write_video
 
 from cover_engine.runtime.gpu import cuda as gpu
-from cover_engine.runtime.media.colour import yuv_to_rgb, yuv_to_rgb_coefficients
+from cover_engine.runtime.media.colour import (frame_conversion, sws_conversion, sws_rgb,
+                                               yuv_to_rgb, yuv_to_rgb_coefficients)
 from cover_engine.runtime.constants import OFFICIAL_VIEWS, ViewSpec
 from cover_engine.runtime.media.decode import probe
 from cover_engine.runtime.gpu.pipeline import (HostFrames, RgbFrames, _packed_tables, emulate_levels,
@@ -116,20 +117,27 @@ def test_gpu_module_imports_and_reports_no_gpu_cleanly():
 
 @pytest.mark.parametrize("matrix,full,bits", [("bt601", False, 8), ("bt709", True, 8),
                                               ("bt2020", False, 10), ("bt601", True, 12)])
-def test_colour_emulation_is_the_cpu_conversion(matrix, full, bits):
-    """NV12 / P016 planes through the kernel's colour formula give colour.py's RGB exactly."""
+@pytest.mark.parametrize("h,w", [(37, 50), (36, 50), (36, 51), (37, 51)])
+def test_colour_emulation_is_the_cpu_conversion(matrix, full, bits, h, w):
+    """NV12 / P016 planes through the kernel's colour formulas give colour.py's RGB exactly, for
+    both conversions; the sizes take every decord path (odd rows/columns: the last chroma
+    row/column serves one luma row/column)."""
     rng = np.random.default_rng(bits)
-    h, w = 37, 50  # odd sizes: the last chroma row/column serves one luma row/column
     top = 1 << bits
     y = rng.integers(0, top, (h, w))
     u, v = rng.integers(0, top, (2, (h + 1) // 2, (w + 1) // 2))
-    conv = yuv_to_rgb_coefficients(matrix, full, bits)
     luma, chroma, shift = semi_planar(y, u, v, bits)
     assert luma.dtype == (np.uint8 if bits == 8 else np.uint16)
-    frames = HostFrames([luma], [chroma], shift, conv)
+    y, u, v = (x.astype(luma.dtype) for x in (y, u, v))
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    want = yuv_to_rgb(y.astype(luma.dtype), u.astype(luma.dtype), v.astype(luma.dtype), conv)
-    np.testing.assert_array_equal(frames.rgb(0, rows, cols), want)
+    exact = yuv_to_rgb_coefficients(matrix, full, bits)
+    decord = sws_conversion(matrix, full, bits, h, w, 1, 1)
+    paths = {(8, 36, 50): "mmx", (8, 36, 51): "mmx"}
+    assert decord.path == paths.get((bits, h, w), "full" if w % 2 else "table")
+    for conv, want in ((exact, yuv_to_rgb(y, u, v, exact)), (decord, sws_rgb(y, u, v, decord))):
+        frames = HostFrames([luma], [chroma], shift, conv)
+        np.testing.assert_array_equal(frames.rgb(0, rows, cols), want, err_msg=type(conv).__name__)
+    assert not np.array_equal(yuv_to_rgb(y, u, v, exact), sws_rgb(y, u, v, decord))
 
 
 def _vector_specs(vectors_dir) -> dict[str, ViewSpec]:
@@ -218,14 +226,15 @@ def _pyav_planes(path, indices) -> dict[int, tuple[np.ndarray, np.ndarray, np.nd
     return out
 
 
-def _host_frames(path, info, needed) -> HostFrames:
+def _host_frames(path, info, needed, colour="decord") -> HostFrames:
     planes = _pyav_planes(path, needed)
     luma, chroma, shift = [], [], 0
     for index in needed.tolist():
         y, c, shift = semi_planar(*planes[index], info.bit_depth)
         luma.append(y)
         chroma.append(c)
-    conv = yuv_to_rgb_coefficients(info.matrix, info.full_range, info.bit_depth)
+    conv = frame_conversion(colour, info.matrix, info.full_range, info.bit_depth, info.height,
+                            info.width, 1, 1)
     return HostFrames(luma, chroma, shift, conv)
 
 
@@ -236,15 +245,17 @@ def _plans(info, seed, clips):
     return plans, needed
 
 
+@pytest.mark.parametrize("colour", ["decord", "exact"])
 @pytest.mark.parametrize("seed,clips", [(None, 1), (3, 2)])
-def test_emulated_views_equal_cpu_views(video, seed, clips):
+def test_emulated_views_equal_cpu_views(video, seed, clips, colour):
     """From the YUV planes NVDEC would hand over (NV12 / P016) to normalised views: the kernels'
-    maths equals views.load_views exactly, clips and random offsets included."""
+    maths equals views.load_views exactly, clips, random offsets and both colour conversions
+    included."""
     info = probe(video)
     plans, needed = _plans(info, seed, clips)
-    host = _host_frames(video, info, needed)
+    host = _host_frames(video, info, needed, colour)
     slot_of = {int(i): s for s, i in enumerate(needed.tolist())}
-    cpu, _ = load_views(video, SMALL_SPECS, seed=seed, clips=clips)
+    cpu, _ = load_views(video, SMALL_SPECS, seed=seed, clips=clips, colour=colour)
     for name in SMALL_SPECS:
         tables = view_tables([p[name] for p in plans], slot_of, info.height, info.width)
         assert tables.shape == cpu[name].shape
@@ -286,6 +297,11 @@ def test_packed_tables_keep_every_part_aligned_and_intact():
                                   tables.rows.weight)
     np.testing.assert_array_equal(part("frame_of", np.int32, len(tables.frame_of)),
                                   tables.frame_of)
+    decord = sws_conversion("bt709", False, 8, 90, 160)
+    packed, offsets = _packed_tables(tables, decord)
+    np.testing.assert_array_equal(part("sws", np.int32, decord.ints.size), decord.ints)
+    np.testing.assert_array_equal(part("sws_rows", np.int32, 90), decord.rows)
+    np.testing.assert_array_equal(part("sws_cols", np.int32, 160 * 3), decord.cols.reshape(-1))
 
 
 def _c_parameters(kernel: str) -> list[tuple[str, str]]:
@@ -321,8 +337,9 @@ class _HostBuffer:
         self.memory[offset:offset + array.nbytes] = array.view(np.uint8).reshape(-1)
 
 
+@pytest.mark.parametrize("colour", ["decord", "exact"])
 @pytest.mark.parametrize("size", [(240, 320), (112, 176)], ids=["raw", "upsampled"])
-def test_launch_arguments_follow_the_kernel_signatures(monkeypatch, size):
+def test_launch_arguments_follow_the_kernel_signatures(monkeypatch, size, colour):
     """Every argument the host passes has the type of the C parameter at its position, and each
     table pointer points at that parameter's table (matched by the parameter's name)."""
     from types import SimpleNamespace
@@ -332,8 +349,12 @@ def test_launch_arguments_follow_the_kernel_signatures(monkeypatch, size):
     monkeypatch.setattr(gpu, "DeviceBuffer", _HostBuffer)
     kernels = ViewKernels.__new__(ViewKernels)
     kernels.resize, kernels.fragments = _Recorder(), _Recorder()
+<<<<<<< /tmp/cur
     kernels.pool = gpu.DevicePool()
     conv = yuv_to_rgb_coefficients("bt709", False, 10)
+=======
+    conv = frame_conversion(colour, "bt709", False, 10, size[0], size[1], 1, 1)
+>>>>>>> /tmp/mine
     frames = SimpleNamespace(luma_table=111, chroma_table=222, luma_pitch=512, chroma_pitch=512,
                              height=size[0], width=size[1], sample_bytes=2, sample_shift=6,
                              conv=conv)
@@ -359,7 +380,15 @@ def test_launch_arguments_follow_the_kernel_signatures(monkeypatch, size):
             memory = held.buffer.memory
             return memory[offset:offset + count * np.dtype(dtype).itemsize].view(dtype)
 
-        np.testing.assert_array_equal(table("yuv", np.float32, 8), conv.as_array())
+        if colour == "exact":
+            assert value["sws_path"] == -1
+            np.testing.assert_array_equal(table("yuv", np.float32, 8), conv.as_array())
+        else:
+            assert value["sws_path"] == 1  # 10 bits: the table path
+            np.testing.assert_array_equal(table("sws", np.int32, conv.ints.size), conv.ints)
+            np.testing.assert_array_equal(table("sws_rows", np.int32, size[0]), conv.rows)
+            np.testing.assert_array_equal(table("sws_cols", np.int32, 3 * size[1]),
+                                          conv.cols.reshape(-1))
         np.testing.assert_array_equal(table("norm", np.float32, 6), tables.norm)
         np.testing.assert_array_equal(table("frame_of", np.int32, 2 * spec.clip_len),
                                       tables.frame_of)
@@ -397,16 +426,17 @@ def _levels(normalised: np.ndarray, spec: ViewSpec) -> np.ndarray:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("colour", ["decord", "exact"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_gpu_kernels_make_the_cpu_views(video, dtype):
+def test_gpu_kernels_make_the_cpu_views(video, dtype, colour):
     from cover_engine.runtime.gpu.pipeline import ViewKernels
     from cover_engine.runtime.gpu.nvdec import upload_frames
 
     info = probe(video)
     plans, needed = _plans(info, seed=3, clips=2)
-    host = _host_frames(video, info, needed)
+    host = _host_frames(video, info, needed, colour)
     slot_of = {int(i): s for s, i in enumerate(needed.tolist())}
-    cpu, _ = load_views(video, SMALL_SPECS, seed=3, clips=2)
+    cpu, _ = load_views(video, SMALL_SPECS, seed=3, clips=2, colour=colour)
     gpu.use_device(0)
     stream = gpu.Stream()
     frames = upload_frames(host, needed, stream)

@@ -251,7 +251,9 @@ def test_manifest_carries_preprocessing_and_kernel_source(fp32_dir, tmp_path):
     """A host with only the folder has the sampling rules in words and the view kernels."""
     data = json.loads((fp32_dir / MANIFEST_FILE).read_text())
     pre = data["preprocessing"]
-    assert {"decode", "colour", "temporal", "resize", "fragments", "upsample", "normalise"} <= set(pre)
+    assert {"decode", "colour", "colour_exact", "colour_default", "temporal", "resize",
+            "fragments", "upsample", "normalise"} <= set(pre)
+    assert pre["colour_default"] == "decord" and pre["colour"].startswith("decord:")
     kernel = fp32_dir / pre["kernels"]["path"]
     assert "cover_fragments_view" in kernel.read_text()
     assert sha256_file(kernel) == pre["kernels"]["sha256"]

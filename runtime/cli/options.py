@@ -5,7 +5,8 @@
   ``random_default=True``: random weights unless ``--weights`` is given (speed does not depend on
   the values), so there ``--weights`` has no environment variable and no ``--random-weights``.
 * :func:`scoring_options` -- how files are scored: ``--backend``, ``--engines``, ``--device``,
-  ``--precision``, ``--seed``, ``--clips``. :func:`scorer_options` is both groups.
+  ``--precision``, ``--seed``, ``--clips``. :func:`scorer_options` is both groups and
+  ``--colour`` (the YUV -> RGB conversion, :data:`~.constants.COLOUR_MODES`).
 * Output: :func:`csv_option`, :func:`report_options` (``--json FILE``, ``--plot FILE``; a plot
   is refused up front when matplotlib is missing), :func:`quiet_option`.
 
@@ -18,9 +19,10 @@ from typing import Callable
 
 import click
 
-from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
+from cover_engine.runtime.constants import CLIP_WEIGHTS, COLOUR_MODES, COVER_WEIGHTS, DEFAULT_COLOUR
 
-__all__ = ["weight_options", "scoring_options", "scorer_options", "csv_option", "report_options",
+__all__ = ["weight_options", "scoring_options", "scorer_options", "colour_option", "csv_option",
+           "report_options",
            "quiet_option", "BACKEND_CHOICES"]
 
 #: ``--backend`` values; auto = TensorRT if usable, else ONNX Runtime.
@@ -87,8 +89,15 @@ scoring_options: Decorator = _group(
 )
 """``--backend``, ``--engines``, ``--device``, ``--precision``, ``--seed``, ``--clips``."""
 
+#: ``--colour`` (argument ``colour``): which YUV -> RGB conversion scores are made with.
+colour_option: Decorator = click.option(
+    "--colour", type=click.Choice(list(COLOUR_MODES)), default=DEFAULT_COLOUR, show_default=True,
+    help="YUV -> RGB conversion: decord = upstream's decoder bit for bit (rotation metadata "
+         "applied as decord does); exact = the signalled matrix in float32, nearest chroma, "
+         "rotation not applied.")
+
 #: Everything :func:`~cover_engine.runtime.scoring.make_scorer` takes from a command line.
-scorer_options: Decorator = _group(weight_options(), scoring_options)
+scorer_options: Decorator = _group(weight_options(), scoring_options, colour_option)
 
 
 def csv_option(help: str) -> Decorator:

@@ -95,7 +95,7 @@ def format_table(rows: list[FileScore]) -> str:
 @csv_option("Also write rows to this CSV, row by row (appends to a matching header).")
 @quiet_option
 def main(paths, backend, engines, weights, clip_weights, config, device, precision, seed, clips,
-         as_json, csv_path, random_weights, quiet):
+         colour, as_json, csv_path, random_weights, quiet):
     """Score each video or image in PATHS (files, folders, globs) with COVER.
 
     Prints per-branch scores (semantic, technical, aesthetic) and their sum, the overall score.
@@ -110,7 +110,8 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
     with cover_errors():
         scorer = make_scorer(backend, engines=engines, weights=weights, clip_weights=clip_weights,
                              device=device, precision=precision, seed=seed, clips=clips,
-                             config=config, random_weights=random_weights, log=log)
+                             config=config, random_weights=random_weights, log=log,
+                             colour=colour)
 
     writer = ScoreCsvWriter(csv_path) if csv_path else None
     rows: list[FileScore] = []

@@ -71,6 +71,12 @@ class EvalRun:
     def backends(self) -> list[str]:
         return sorted({s.backend for s in self.scores.values()})
 
+    @property
+    def colours(self) -> list[str]:
+        """The YUV -> RGB conversions the scores were made with (one, unless a resumed run
+        changed ``--colour``)."""
+        return sorted({s.colour for s in self.scores.values()})
+
 
 def errors_path_for(csv_path: Path) -> Path:
     """Where the unreadable videos of ``csv_path``'s run are listed: ``NAME.errors.csv`` beside it."""
@@ -183,6 +189,7 @@ def report_dict(run: EvalRun, metrics: dict[str, Metrics]) -> dict:
         "missing": run.missing,
         "unreadable": [{"name": n, "error": e} for n, e in run.failed],
         "backends": run.backends,
+        "colours": run.colours,
         "metrics": {target: m.to_dict() for target, m in metrics.items()},
     }
 
@@ -197,6 +204,9 @@ def format_report(run: EvalRun, metrics: dict[str, Metrics]) -> str:
              f"earlier run; {len(run.missing)} missing, {len(run.failed)} unreadable)"]
     if len(run.backends) > 1:
         lines.append(f"warning: the scores come from several backends: {', '.join(run.backends)}")
+    if len(run.colours) > 1:
+        lines.append(f"warning: the scores come from several colour conversions: "
+                     f"{', '.join(run.colours)}")
     lines.append(f"{'':10s} {'SROCC':>7s} {'KROCC':>7s} {'PLCC':>7s} {'RMSE':>9s}")
     for target, m in metrics.items():
         lines.append(f"{target:10s} {_num(m.srocc):>7s} {_num(m.krocc):>7s} {_num(m.plcc):>7s} "

@@ -48,7 +48,8 @@ import numpy as np
 
 from cover_engine.runtime.constants import NVDEC_CODECS, NVDEC_CONTAINER_HINT, NVDEC_MAX_SIZE
 from cover_engine.runtime.gpu import cuda as gpu
-from cover_engine.runtime.media.colour import YuvToRgb, yuv_to_rgb_coefficients
+from cover_engine.runtime.constants import DEFAULT_COLOUR
+from cover_engine.runtime.media.colour import frame_conversion
 from cover_engine.runtime.media.decode import FrameIndex, MediaInfo, frame_index, local_path
 from cover_engine.runtime.errors import NvdecUnavailable
 
@@ -251,7 +252,7 @@ class DeviceFrames:
     chroma_pitch: int
     luma: np.ndarray             # uint64 device addresses
     chroma: np.ndarray
-    conv: YuvToRgb
+    conv: object                 # colour.YuvToRgb or colour.SwsConversion
     luma_table: int = 0
     chroma_table: int = 0
     _owned: list = field(default_factory=list, repr=False)
@@ -281,7 +282,7 @@ def frame_buffer_layout(height: int, width: int, sample_bytes: int) -> tuple[int
 
 def assemble_frames(sources: Sequence[tuple[int, int, int, int]], indices: Sequence[int],
                     height: int, width: int, sample_bytes: int, sample_shift: int,
-                    conv: YuvToRgb, stream: gpu.Stream,
+                    conv, stream: gpu.Stream,
                     pool: Optional[gpu.DevicePool] = None) -> DeviceFrames:
     """Copy frames, given as ``(luma address, luma pitch, chroma address, chroma pitch)`` on the
     host or the device, into one pooled device buffer laid out for the kernels; queued on
@@ -414,8 +415,9 @@ class NvdecDecoder:
         return self._decoder
 
     def decode(self, path, indices: Sequence[int], info: MediaInfo, *,
-               stream: gpu.Stream) -> DeviceFrames:
-        """Frames ``indices`` (sorted, unique) of ``path``, copied on ``stream``.
+               stream: gpu.Stream, colour: str = DEFAULT_COLOUR) -> DeviceFrames:
+        """Frames ``indices`` (sorted, unique) of ``path``, copied on ``stream``, to be
+        converted with ``colour``.
 
         Raises :class:`NvdecUnavailable` when NVDEC cannot deliver exactly those frames, and
         :class:`~.cuda.GpuError` when the GPU itself fails (out of memory, a broken context).
@@ -442,7 +444,7 @@ class NvdecDecoder:
             decoded = list(decoder.get_batch_frames_by_index(wanted))
             check_frames(decoded, wanted, index)
             self._order_after_decoder(decoded, stream)
-            frames = self._keep(decoded, wanted, info, stream)
+            frames = self._keep(decoded, wanted, info, stream, colour)
         except NvdecUnavailable:
             raise
         except gpu.GpuError as exc:  # our own CUDA calls (copies): a refusal, or a GPU failure
@@ -481,7 +483,8 @@ class NvdecDecoder:
         else:
             self._stream.synchronize()
 
-    def _keep(self, decoded, wanted, info: MediaInfo, stream: gpu.Stream) -> DeviceFrames:
+    def _keep(self, decoded, wanted, info: MediaInfo, stream: gpu.Stream,
+              colour: str = DEFAULT_COLOUR) -> DeviceFrames:
         """Copy the decoder's surfaces into one pooled buffer (device to device)."""
         sources = [frame_sources(f, info.height, info.width) for f in decoded]
         sample_bytes = 1 if info.bit_depth <= 8 else 2
@@ -491,8 +494,8 @@ class NvdecDecoder:
         return assemble_frames(
             [s[:4] for s in sources], wanted, info.height, info.width, sample_bytes,
             16 - info.bit_depth if sample_bytes == 2 else 0,
-            yuv_to_rgb_coefficients(info.matrix, info.full_range, info.bit_depth), stream,
-            self.pool)
+            frame_conversion(colour, info.matrix, info.full_range, info.bit_depth, info.height,
+                             info.width, 1, 1), stream, self.pool)
 
     def close(self) -> None:
         if self._copied is not None:

@@ -25,9 +25,9 @@ from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, 
 import numpy as np
 
 from cover_engine.runtime.gpu import cuda as gpu
-from cover_engine.runtime.media.colour import YuvToRgb
-from cover_engine.runtime.constants import ViewSpec
-from cover_engine.runtime.media.decode import MediaInfo, probe
+from cover_engine.runtime.media.colour import SwsConversion, YuvToRgb, sws_levels
+from cover_engine.runtime.constants import DEFAULT_COLOUR, ViewSpec
+from cover_engine.runtime.media.decode import MediaInfo, applies_rotation, probe
 from cover_engine.runtime.views.geometry import AxisTable, resize_table
 from cover_engine.runtime.gpu.nvdec import NvdecDecoder, NvdecUnavailable, nvdec_refusal
 from cover_engine.runtime.results import FileScore
@@ -105,12 +105,18 @@ class HostFrames:
     luma: Sequence[np.ndarray]
     chroma: Sequence[np.ndarray]
     sample_shift: int
-    conv: YuvToRgb
+    conv: Union[YuvToRgb, SwsConversion]
 
     def rgb(self, slot: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """RGB levels, float32 ``rows.shape + (3,)``, of pixels ``(rows, cols)`` (cover_rgb)."""
         f32, c = np.float32, self.conv
         luma, chroma = self.luma[slot], self.chroma[slot]
+        rows, cols = np.broadcast_arrays(rows, cols)
+        if isinstance(c, SwsConversion):  # cover_rgb_decord: the CPU formula on NV12 / P016
+            shift = self.sample_shift
+            levels = sws_levels(c, luma[rows, cols] >> shift,
+                                lambda k, rr, cc: chroma[rr, cc * 2 + k] >> shift, rows, cols)
+            return levels.astype(f32)
         Y = (luma[rows, cols] >> self.sample_shift).astype(f32)
         U = (chroma[rows >> 1, (cols >> 1) * 2] >> self.sample_shift).astype(f32)
         V = (chroma[rows >> 1, (cols >> 1) * 2 + 1] >> self.sample_shift).astype(f32)
@@ -216,11 +222,21 @@ def emulate_view(tables: ViewTables, frames) -> np.ndarray:
 # ----------------------------------------------------------------------------- GPU launches
 
 
-def _packed_tables(tables: ViewTables, conv: YuvToRgb) -> tuple[np.ndarray, dict[str, int]]:
+def colour_args(conv) -> tuple[int, dict[str, np.ndarray]]:
+    """The kernels' colour arguments: ``sws_path`` (-1 for the exact conversion) and the arrays
+    ``yuv`` (float32 constants), ``sws`` (integer constants), ``sws_rows``, ``sws_cols``."""
+    if isinstance(conv, SwsConversion):
+        return conv.path_id, {"yuv": np.zeros(8, np.float32), "sws": conv.ints,
+                              "sws_rows": conv.rows, "sws_cols": conv.cols}
+    empty = np.zeros(1, np.int32)
+    return -1, {"yuv": conv.as_array(), "sws": empty, "sws_rows": empty, "sws_cols": empty}
+
+
+def _packed_tables(tables: ViewTables, conv) -> tuple[np.ndarray, dict[str, int]]:
     """All host tables of one launch in one byte array (256-byte aligned parts) and the offset
     of each part, so one upload serves the whole launch."""
     rows, cols = tables.rows, tables.cols
-    parts = {"yuv": conv.as_array(), "norm": tables.norm, "frame_of": tables.frame_of,
+    parts = {**colour_args(conv)[1], "norm": tables.norm, "frame_of": tables.frame_of,
              "rows0": rows.index0.astype(np.int32), "rows1": rows.index1.astype(np.int32),
              "wrow": rows.weight.astype(np.float32),
              "cols0": cols.index0.astype(np.int32), "cols1": cols.index1.astype(np.int32),
@@ -281,7 +297,8 @@ class ViewKernels:
         head = [np.uint64(frames.luma_table), np.uint64(frames.chroma_table),
                 np.int32(frames.luma_pitch), np.int32(frames.chroma_pitch),
                 np.int32(frames.height), np.int32(frames.width), np.int32(frames.sample_bytes),
-                np.int32(frames.sample_shift), at["yuv"], at["frame_of"], np.int32(tables.frames)]
+                np.int32(frames.sample_shift), at["yuv"], np.int32(colour_args(frames.conv)[0]),
+                at["sws"], at["sws_rows"], at["sws_cols"], at["frame_of"], np.int32(tables.frames)]
         tail = [at["norm"], np.uint64(out_ptr), np.int32(out_dtype == "float16"), *strides]
         grid = (-(-tables.spec.out_w // BLOCK[0]), -(-tables.spec.out_h // BLOCK[1]),
                 len(tables.frame_of))
@@ -308,6 +325,7 @@ class Submitted(NamedTuple):
     info: MediaInfo
     nvdec: bool              # decoded by NVDEC (False: the CPU path was used)
     started: float           # perf_counter() when the file was submitted
+    colour: str = DEFAULT_COLOUR  # the YUV -> RGB conversion used
 
 
 class GpuPipeline:
@@ -332,10 +350,11 @@ class GpuPipeline:
         self.cpu_files = 0       # files that took the CPU path
 
     def submit(self, path, *, seed: Optional[int] = None, clips: int = 1,
-               rotate: bool = False) -> Submitted:
+               rotate: Optional[bool] = None, colour: str = DEFAULT_COLOUR) -> Submitted:
         """Start scoring ``path`` (``clips`` clips as one batch); returns once the GPU has the
         work queued (decoding is done by then; inference runs on)."""
         started = time.perf_counter()
+        rotate = applies_rotation(rotate, colour)
         info = probe(path)
         reason = nvdec_refusal(info, rotate=rotate)
         if reason is None:
@@ -345,7 +364,8 @@ class GpuPipeline:
             needed = needed_frames(*({n: p.indices for n, p in plan.items()} for plan in plans))
             slot = self.backend.acquire(clips, "video")
             try:
-                frames = self.decoder.decode(path, needed, info, stream=slot.stream)
+                frames = self.decoder.decode(path, needed, info, stream=slot.stream,
+                                             colour=colour)
             except NvdecUnavailable as exc:
                 reason = str(exc)
             else:
@@ -358,25 +378,29 @@ class GpuPipeline:
                     slot.hold(self.kernels.launch(frames, tables, view.ptr, view.dtype,
                                                   view.shape, slot.stream))
                 self.nvdec_files += 1
-                return Submitted(self.backend.enqueue(slot), info, True, started)
+                return Submitted(self.backend.enqueue(slot), info, True, started, colour)
         if reason not in self._announced:
             self._announced.add(reason)
             self.log(f"cover-run: NVDEC not used ({reason}); decoding on the CPU")
-        views, info = load_views(path, self.backend.specs, seed=seed, clips=clips, rotate=rotate)
+        views, info = load_views(path, self.backend.specs, seed=seed, clips=clips, rotate=rotate,
+                                 colour=colour)
         self.cpu_files += 1
-        return Submitted(self.backend.submit(views), info, False, started)
+        return Submitted(self.backend.submit(views), info, False, started, colour)
 
     def _finish(self, path, job: Submitted) -> FileScore:
         return file_score(path, job.pending.result(), job.info,
-                          self.backend.name + ("+nvdec" if job.nvdec else ""), job.started)
+                          self.backend.name + ("+nvdec" if job.nvdec else ""), job.started,
+                          colour=job.colour)
 
     def score(self, path, *, seed: Optional[int] = None, clips: int = 1,
-              rotate: bool = False) -> FileScore:
+              rotate: Optional[bool] = None, colour: str = DEFAULT_COLOUR) -> FileScore:
         """Scores of one file (clip scores averaged), as :class:`~.scoring.Scorer` gives them."""
-        return self._finish(path, self.submit(path, seed=seed, clips=clips, rotate=rotate))
+        return self._finish(path, self.submit(path, seed=seed, clips=clips, rotate=rotate,
+                                              colour=colour))
 
     def score_many(self, paths: Iterable, *, seed: Optional[int] = None, clips: int = 1,
-                   rotate: bool = False) -> Iterator[tuple[object, Union[FileScore, Exception]]]:
+                   rotate: Optional[bool] = None, colour: str = DEFAULT_COLOUR
+                   ) -> Iterator[tuple[object, Union[FileScore, Exception]]]:
         """``(path, FileScore or the exception it raised)`` for each file, in order, with up to
         one file per backend slot in flight: while the GPU infers one file, the next is
         decoded. A file that fails does not stop the others."""
@@ -392,7 +416,7 @@ class GpuPipeline:
 
         for path in paths:
             try:
-                job = self.submit(path, seed=seed, clips=clips, rotate=rotate)
+                job = self.submit(path, seed=seed, clips=clips, rotate=rotate, colour=colour)
             except Exception as exc:
                 while queue:
                     yield finish_one()

@@ -21,17 +21,18 @@ Choices, and why:
   decoding). If decoding then ends before a needed frame (a header that lies, a truncated or
   partly corrupt file), :class:`ShortVideoError` says how many frames decoded and the caller
   samples again (``views.load_views`` does). Packets that fail to decode are skipped.
-* **Colour**: planar YUV (8 to 16 bits, 4:2:0/4:2:2/4:4:4/...) is converted by ``colour.py``
-  with the matrix and range the frame signals (BT.601 limited when it signals none; ``yuvj`` is
-  full range), nearest chroma. Measured against that exact maths, FFmpeg's default swscale path
-  (what decord used, and ``frame.to_ndarray(format="rgb24")`` gives) is up to 3 levels off (mean
-  0.9 on a test pattern); the exact version is what a GPU kernel can match bit for bit, and it
-  converts only the pixels the views sample (:meth:`Frame.take`), which is cheaper than a full
-  4K conversion. Other formats (RGB PNG/BMP/TIFF, palette, grey, RGB 4:4:4 ``gbrp``) go through
-  swscale to rgb24, where no matrix is involved.
-* **Rotation** metadata (display matrix) is reported in :attr:`MediaInfo.rotation` and, like
-  decord (so like the data COVER was trained and evaluated on), not applied unless asked
-  (``rotate=True``: counter-clockwise, multiples of 90 degrees, flips ignored).
+* **Colour** (``colour``, :data:`~.constants.COLOUR_MODES`): planar YUV (8 to 16 bits,
+  4:2:0/4:2:2/4:4:4/...) is converted by ``colour.py`` with the matrix and range the frame
+  signals (BT.601 limited when it signals none; ``yuvj`` is full range). ``"decord"`` (default)
+  gives exactly decord's RGB -- what upstream scored -- including its frame-size dependent
+  chroma handling; ``"exact"`` is the float32 matrix with nearest chroma. Both convert only the
+  pixels the views sample (:meth:`Frame.take`), which is cheaper than a full 4K conversion.
+  Other formats (RGB PNG/BMP/TIFF, palette, grey, RGB 4:4:4 ``gbrp``) go through swscale to
+  rgb24, where no matrix is involved.
+* **Rotation** metadata (display matrix) is reported in :attr:`MediaInfo.rotation`. By default
+  it is applied as the colour mode's reference does: decord turns frames whose rotation is a
+  multiple of 90 degrees (before converting colour, so the conversion sees the turned planes);
+  ``"exact"`` keeps today's behaviour, not turning them. ``rotate=True/False`` overrides.
 * **Images** (JPEG, PNG, WebP, BMP, ... — FFmpeg's single-image demuxers) are one-frame inputs.
   Upstream read them with PIL, whose JPEG decoder smooths chroma; FFmpeg's does not, so JPEG
   views can differ from upstream's by a few levels at sharp colour edges.
@@ -58,7 +59,9 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import av
 import numpy as np
 
-from cover_engine.runtime.media.colour import YuvToRgb, matrix_for, yuv_to_rgb, yuv_to_rgb_coefficients
+from cover_engine.runtime.constants import COLOUR_MODES, DEFAULT_COLOUR
+from cover_engine.runtime.media.colour import (chroma_shift, convert, frame_conversion,
+                                               matrix_for, yuv_to_rgb_coefficients)
 from cover_engine.runtime.durable import kind_of
 from cover_engine.runtime.errors import InputError, ShortVideoError
 
@@ -96,28 +99,35 @@ class Frame:
     """One decoded picture. RGB is made on demand: all of it, or only sampled pixels."""
 
     def __init__(self, *, rgb: Optional[np.ndarray] = None, planes: Sequence[np.ndarray] = (),
-                 conv: Optional[YuvToRgb] = None, owner: Optional[av.VideoFrame] = None):
+                 conv=None, owner: Optional[av.VideoFrame] = None):
         self._rgb, self._planes, self._conv = rgb, list(planes), conv
         self._owner = owner  # keeps the decoder's buffers behind ``planes`` alive
         self.height, self.width = (rgb if rgb is not None else self._planes[0]).shape[:2]
 
     @classmethod
-    def from_av(cls, frame: av.VideoFrame) -> "Frame":
-        """Planar YUV stays YUV until sampled; anything else becomes rgb24 through swscale."""
+    def from_av(cls, frame: av.VideoFrame, colour: str = DEFAULT_COLOUR,
+                quarter_turns: int = 0) -> "Frame":
+        """Planar YUV stays YUV until sampled (turned by ``quarter_turns`` x 90 degrees
+        counter-clockwise first, as decord does); anything else becomes rgb24 through swscale."""
         if _PLANAR_YUV.match(frame.format.name):
-            return cls(planes=[_plane(frame, i) for i in range(3)], conv=conversion(frame),
-                       owner=frame)
-        return cls(rgb=frame.to_ndarray(format="rgb24"))
+            planes = [_plane(frame, i) for i in range(3)]
+            if quarter_turns % 4:
+                planes = [np.ascontiguousarray(np.rot90(p, quarter_turns)) for p in planes]
+            return cls(planes=planes, conv=conversion(frame, colour, planes), owner=frame)
+        rgb = frame.to_ndarray(format="rgb24")
+        if quarter_turns % 4:
+            rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
+        return cls(rgb=rgb)
 
     def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """RGB uint8 ``(len(rows), len(cols), 3)`` of the pixels at ``rows x cols``."""
         if self._rgb is not None:
             return self._rgb[np.ix_(rows, cols)]
-        return yuv_to_rgb(*self._planes, self._conv, rows=rows, cols=cols)
+        return convert(*self._planes, self._conv, rows=rows, cols=cols)
 
     def to_rgb(self) -> np.ndarray:
         """The whole picture, RGB uint8 ``(H, W, 3)``."""
-        return self._rgb if self._rgb is not None else yuv_to_rgb(*self._planes, self._conv)
+        return self._rgb if self._rgb is not None else convert(*self._planes, self._conv)
 
 
 def _plane(frame: av.VideoFrame, index: int) -> np.ndarray:
@@ -128,11 +138,34 @@ def _plane(frame: av.VideoFrame, index: int) -> np.ndarray:
     return rows.reshape(plane.height, -1)[:, :plane.width]
 
 
-def conversion(frame: av.VideoFrame) -> YuvToRgb:
-    """The YUV -> RGB conversion a YUV frame signals (BT.601 limited when it signals nothing)."""
+def conversion(frame: av.VideoFrame, colour: str = "exact",
+               planes: Optional[Sequence[np.ndarray]] = None):
+    """The YUV -> RGB conversion a YUV frame signals (BT.601 limited when it signals nothing),
+    of kind ``colour``; ``planes`` (default: the frame's) fix the size and subsampling."""
     full = frame.color_range == _AVCOL_RANGE_JPEG or frame.format.name.startswith("yuvj")
-    return yuv_to_rgb_coefficients(matrix_for(frame.colorspace), full,
-                                   frame.format.components[0].bits)
+    matrix, bits = matrix_for(frame.colorspace), frame.format.components[0].bits
+    if colour == "exact":
+        return yuv_to_rgb_coefficients(matrix, full, bits)
+    if planes is None:
+        planes = [_plane(frame, i) for i in range(2)]
+    (h, w), (ch, cw) = planes[0].shape, planes[1].shape
+    return frame_conversion(colour, matrix, full, bits, h, w, chroma_shift(w, cw),
+                            chroma_shift(h, ch))
+
+
+def quarter_turns(rotation: int) -> int:
+    """Counter-clockwise quarter turns decord applies for a display rotation of ``rotation``
+    degrees (counter-clockwise): only exact multiples of 90 turn the frame."""
+    return (int(rotation) // 90) % 4 if int(rotation) % 90 == 0 else 0
+
+
+def applies_rotation(rotate: Optional[bool], colour: str) -> bool:
+    """Whether frames are turned: ``rotate`` when given, else as ``colour``'s reference does
+    (decord turns them; "exact" keeps the unturned frames)."""
+    if colour not in COLOUR_MODES:
+        raise ValueError(f"unknown colour conversion {colour!r} (choose from "
+                         f"{', '.join(COLOUR_MODES)})")
+    return (colour == "decord") if rotate is None else bool(rotate)
 
 
 def local_path(path) -> str:
@@ -441,14 +474,16 @@ def _plan(path, wanted: Sequence[int]) -> Optional[tuple[FrameIndex, list]]:
     return (index, seeks) if any(seeks) else None
 
 
-def iter_frames(path, indices: Iterable[int], *, rotate: bool = False,
-                seek: bool = True) -> Iterator[tuple[int, Frame]]:
-    """``(index, Frame)`` for each distinct requested index, in increasing order.
+def iter_frames(path, indices: Iterable[int], *, rotate: Optional[bool] = None,
+                seek: bool = True, colour: str = DEFAULT_COLOUR) -> Iterator[tuple[int, Frame]]:
+    """``(index, Frame)`` for each distinct requested index, in increasing order, converted
+    with ``colour`` and turned per :func:`applies_rotation`.
 
     Frames far apart are reached by seeking (see the module notes); ``seek=False`` decodes
     every frame from the start up to the last requested one. Raises :class:`ShortVideoError`
     when the file ends first, :class:`InputError` when nothing decodes.
     """
+    rotate = applies_rotation(rotate, colour)
     wanted = sorted({int(i) for i in indices})
     if not wanted:
         return
@@ -461,23 +496,27 @@ def iter_frames(path, indices: Iterable[int], *, rotate: bool = False,
             try:
                 for i, frame, size in _seeking(container, stream, planned[0], wanted,
                                                planned[1]):
-                    yield i, _picture(frame, size, rotate)
+                    yield i, _picture(frame, size, rotate, colour)
                     done = i
                 return
             except _Doubt:
                 wanted = [i for i in wanted if i > done]
     with _open(path) as (container, stream):
         for i, frame, size in _sequential(path, container, stream, wanted):
-            yield i, _picture(frame, size, rotate)
+            yield i, _picture(frame, size, rotate, colour)
 
 
-def _picture(frame: av.VideoFrame, size: tuple[int, int], rotate: bool) -> Frame:
+def _picture(frame: av.VideoFrame, size: tuple[int, int], rotate: bool,
+             colour: str = DEFAULT_COLOUR) -> Frame:
     """The :class:`Frame` of a decoded picture: scaled back to the first frame's size if the
-    stream changed resolution, turned when ``rotate`` asks."""
-    degrees = frame.rotation if rotate else 0
+    stream changed resolution, turned when ``rotate`` asks (decord: the YUV planes, before
+    converting; exact: the RGB picture, rounding the angle to quarter turns)."""
+    degrees = (frame.rotation or 0) if rotate else 0
     if (frame.width, frame.height) != size:
         frame = frame.reformat(width=size[0], height=size[1])
-    return _rotated(Frame.from_av(frame), degrees)
+    if colour == "decord":
+        return Frame.from_av(frame, colour, quarter_turns(degrees))
+    return _rotated(Frame.from_av(frame, colour), degrees)
 
 
 def _rotated(frame: Frame, degrees) -> Frame:
@@ -485,9 +524,10 @@ def _rotated(frame: Frame, degrees) -> Frame:
     return Frame(rgb=np.ascontiguousarray(np.rot90(frame.to_rgb(), turns))) if turns else frame
 
 
-def read_frames(path, indices: Iterable[int], *, rotate: bool = False,
-                seek: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+def read_frames(path, indices: Iterable[int], *, rotate: Optional[bool] = None,
+                seek: bool = True, colour: str = DEFAULT_COLOUR
+                ) -> Iterator[tuple[int, np.ndarray]]:
     """``(index, RGB uint8 (H, W, 3))`` for each distinct requested index, in increasing order
     (see :func:`iter_frames`); hold only the frames you need, they are large."""
-    for index, frame in iter_frames(path, indices, rotate=rotate, seek=seek):
+    for index, frame in iter_frames(path, indices, rotate=rotate, seek=seek, colour=colour):
         yield index, frame.to_rgb()

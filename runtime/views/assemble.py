@@ -18,8 +18,9 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from cover_engine.runtime.constants import ViewSpec
-from cover_engine.runtime.media.decode import MediaInfo, ShortVideoError, iter_frames, probe
+from cover_engine.runtime.constants import DEFAULT_COLOUR, ViewSpec
+from cover_engine.runtime.media.decode import (MediaInfo, ShortVideoError, applies_rotation,
+                                               iter_frames, probe, quarter_turns)
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.views.geometry import FragmentGrid, fragment_grid, fragment_maps, fragment_origins, resize_table
 from cover_engine.runtime.views.resize import resize, take, upsample
@@ -145,37 +146,42 @@ def normalise(view: np.ndarray, spec: ViewSpec) -> np.ndarray:
 
 
 def load_views(path, specs: Mapping[str, ViewSpec], *, seed: Optional[int] = None,
-               clips: int = 1, rotate: bool = False) -> tuple[dict[str, np.ndarray], MediaInfo]:
+               clips: int = 1, rotate: Optional[bool] = None, colour: str = DEFAULT_COLOUR
+               ) -> tuple[dict[str, np.ndarray], MediaInfo]:
     """Normalised views float32 ``(clips, 3, T, H, W)`` of a video or image file, and its info.
 
     ``seed`` None samples deterministically (middle offsets; clips spread evenly), an integer
     samples at random, reproducibly. Every needed frame is decoded once for all views and
     clips. A file with fewer decodable frames than its header claims is sampled again from the
-    frames it has. ``rotate`` applies rotation metadata (upstream did not).
+    frames it has. ``colour`` picks the YUV -> RGB conversion (``decord``: upstream's frames
+    exactly); ``rotate`` (default: as the colour mode's reference, see
+    :func:`~.decode.applies_rotation`) applies rotation metadata.
     """
     if clips < 1:
         raise ValueError("clips must be at least 1")
+    rotate = applies_rotation(rotate, colour)
     info = probe(path)
     try:
-        return _load(path, info, specs, seed, clips, rotate), info
+        return _load(path, info, specs, seed, clips, rotate, colour=colour), info
     except ShortVideoError as exc:
         info = replace(info, num_frames=exc.decoded, counted=True)
     try:  # a damaged file: number frames as a plain decode from the start does (no seeking)
-        return _load(path, info, specs, seed, clips, rotate, seek=False), info
+        return _load(path, info, specs, seed, clips, rotate, seek=False, colour=colour), info
     except ShortVideoError as exc:
         raise InputError(f"{path}: frame count changes between reads ({exc})") from None
 
 
 def _load(path, info: MediaInfo, specs, seed, clips, rotate,
-          seek: bool = True) -> dict[str, np.ndarray]:
+          seek: bool = True, colour: str = DEFAULT_COLOUR) -> dict[str, np.ndarray]:
     height, width = info.height, info.width
-    if rotate and info.rotation % 180 == 90:
+    turned = quarter_turns(info.rotation) % 2 if colour == "decord" else info.rotation % 180 == 90
+    if rotate and turned:
         height, width = width, height
     assemblers = [ViewAssembler(plan_views(info.num_frames, height, width, specs,
                                            rng=clip_rng(seed, k), clip=k, clips=clips,
                                            is_image=info.is_image)) for k in range(clips)]
     for index, frame in iter_frames(path, needed_frames([a.needed for a in assemblers]),
-                                    rotate=rotate, seek=seek):
+                                    rotate=rotate, seek=seek, colour=colour):
         for assembler in assemblers:
             assembler.add(index, frame)
     views = [a.views() for a in assemblers]

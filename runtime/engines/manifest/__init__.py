@@ -9,13 +9,17 @@ graphs' real inputs and outputs are the ones listed here.
 
 Layout (schema version 2; :data:`MANIFEST_SCHEMA` is the formal description)::
 
-    schema, schema_version    "cover-engine-manifest", 2 (2: graphs and engines name their own
-                              mode and branch, see identity.py; version 1 folders are re-exported)
+    schema, schema_version    "cover-engine-manifest", 3 (2: graphs and engines name their own
+                              mode and branch, see identity.py; 3: preprocessing names the two
+                              colour conversions; older folders are re-exported)
     name, created, precision  export name, UTC time, "fp32" | "fp16"
     opset, batch              ONNX opset; {"min", "opt", "max"} batch sizes engines are built for
     model                     the architecture (ModelConfig.to_dict())
     views                     per branch: sample settings (ViewSpec.to_dict()), video mode
     normalisation             per branch: mean/std on 0..255 RGB, applied as (x - mean) / std
+    preprocessing             the view-making rules in words (colour: the default conversion,
+                              colour_exact: the other one, colour_default: which is used unless
+                              the host is told otherwise), and kernels: the CUDA source
     scores                    branch = mean of its score map; overall = sum of the branches
     weights                   per weight file: name and sha256 (or {"random_seed": n})
     tools                     versions of the exporting software (null where absent)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from cover_engine.runtime.constants import BRANCHES
+from cover_engine.runtime.constants import BRANCHES, DEFAULT_COLOUR
 
 __all__ = ["MANIFEST_FILE", "SCHEMA_ID", "SCHEMA_VERSION", "MODES", "PRECISIONS", "BATCH",
            "SCORE_RULES", "PREPROCESSING", "MANIFEST_SCHEMA"]
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_ID = "cover-engine-manifest"
-SCHEMA_VERSION = 2
+#: 3: preprocessing gained colour_default / colour_exact (decord-exact default colour).
+SCHEMA_VERSION = 3
 MODES: tuple[str, ...] = ("video", "image")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 #: Name of the dynamic batch axis in graph shapes.
@@ -32,9 +33,18 @@ SCORE_RULES: dict[str, Any] = {
 PREPROCESSING: dict[str, str] = {
     "decode": "each needed frame decoded once, in presentation order; frame count n = the "
               "stream's frame count, or counted by demuxing when the container has none",
-    "colour": "YUV -> RGB with the stream's signalled matrix (BT.601/709/2020) and range, BT.601 "
-              "limited when unsignalled; chroma nearest-neighbour; rounded to uint8; rotation "
-              "metadata ignored (as upstream's decord)",
+    "colour_default": DEFAULT_COLOUR,
+    "colour": "decord: YUV -> RGB exactly as upstream's decord (FFmpeg 4.1 swscale, x86-64) with "
+              "the frame's matrix (BT.601/709/2020/240M/FCC; BT.601 when unsignalled) and range "
+              "(limited when unsignalled): 8-bit 4:2:0 with an even height in 16-bit fixed point "
+              "with nearest chroma; odd heights, more bits: chroma rows from swscale's bilinear "
+              "filter reduced to 'first row, or the two averaged', then swscale's lookup tables; "
+              "odd widths and 4:4:4: full-chroma integer arithmetic. Formulas and constants: "
+              "colour.py (sws_conversion, sws_levels) and the kernels. Rotation metadata that is "
+              "a multiple of 90 degrees turns the YUV planes before conversion",
+    "colour_exact": "exact: YUV -> RGB with the signalled matrix and range in float32, chroma "
+                    "nearest-neighbour, rounded half to even to uint8; rotation metadata not "
+                    "applied",
     "temporal": "per view, fsize_t = clip_len // t_frag, tlen = n // t_frag, high = tlen - "
                 "fsize_t * frame_interval; segment i (0 <= i < t_frag) takes frames i * tlen + r "
                 "+ k * frame_interval (0 <= k < fsize_t), modulo n, with r = high // 2 if high > 0 "

@@ -24,6 +24,11 @@
 //   R = y + r_v * v;  G = (y - g_u * u) - g_v * v;  B = y + b_u * u
 //   each rounded half-to-even and clamped to 0..255.
 // Chroma is 4:2:0 at the nearest sample: pixel (r, c) reads chroma (r >> 1, c >> 1).
+// That is the "exact" conversion (sws_path = -1). The default, "decord" (sws_path 0, 1, 2 =
+// colour.SWS_PATHS "mmx", "table", "full"), is colour.sws_levels in integers: sws[19] are
+// colour.SWS_CONSTANTS, sws_rows[height] the chroma row (>> 1) and whether the next one is
+// averaged in (bit 0), sws_cols[width][3] the first chroma column and two 14-bit weights; all
+// made on the host by colour.sws_conversion for the frame size, so no decision is taken here.
 //
 // Frames: luma[f] and chroma[f] are the device addresses of frame f's Y plane and interleaved
 // UV plane (pitches in bytes); sample_bytes is 1 (NV12) or 2 (P016, little-endian), sample_shift
@@ -48,6 +53,14 @@ struct CoverFrames {
     int sample_shift;
 };
 
+struct CoverColour {
+    const float* yuv;     // exact: 8 float32 constants
+    int path;             // -1 exact; 0 mmx, 1 table, 2 full (decord)
+    const int* sws;       // decord: colour.SWS_CONSTANTS
+    const int* rows;      // decord: per output row, chroma row << 1 | average-next
+    const int* cols;      // decord: per output column, first chroma column, weight 0, weight 1
+};
+
 __device__ __forceinline__ float cover_level(float value) {
     // round half to even, clamp to 0..255 (numpy: clip(rint(v), 0, 255))
     return fminf(fmaxf(rintf(value), 0.0f), 255.0f);
@@ -58,12 +71,82 @@ __device__ __forceinline__ int cover_sample(const unsigned char* row, int i, int
     return ((const unsigned short*)row)[i] >> shift;
 }
 
+// 15-bit chroma sample k (0 U, 1 V) of a chroma row at output column taps ct (swscale's
+// horizontal filter: sum of samples times 14-bit weights, >> (bits - 1), at most 32767).
+__device__ __forceinline__ int cover_chroma15(const unsigned char* row, const int* ct, int k,
+                                              int bytes, int shift, int bits) {
+    int acc = cover_sample(row, ct[0] * 2 + k, bytes, shift) * ct[1];
+    if (ct[2] != 0) acc += cover_sample(row, (ct[0] + 1) * 2 + k, bytes, shift) * ct[2];
+    return min(acc >> (bits - 1), 32767);
+}
+
+__device__ __forceinline__ int cover_clamp(int value, int top) {
+    return min(max(value, 0), top);
+}
+
+// decord's levels of pixel (r, c) of frame f (colour.sws_levels).
+__device__ void cover_rgb_decord(const CoverFrames& fr, const CoverColour& cc, int f, int r, int c,
+                                 float rgb[3]) {
+    const int* k = cc.sws;
+    int rt = cc.rows[r];
+    const int* ct = cc.cols + 3 * c;
+    int bits = fr.sample_bytes == 1 ? 8 : 16 - fr.sample_shift;
+    const unsigned char* luma = (const unsigned char*)fr.luma[f] + (long long)r * fr.luma_pitch;
+    const unsigned char* chroma0 =
+        (const unsigned char*)fr.chroma[f] + (long long)(rt >> 1) * fr.chroma_pitch;
+    int Y = cover_sample(luma, c, fr.sample_bytes, fr.sample_shift);
+    if (cc.path == 0) {  // mmx: 16-bit fixed point, nearest chroma
+        int U = (cover_sample(chroma0, ct[0] * 2, fr.sample_bytes, fr.sample_shift) << 3) - 1024;
+        int V = (cover_sample(chroma0, ct[0] * 2 + 1, fr.sample_bytes, fr.sample_shift) << 3) -
+                1024;
+        int y = (((Y << 3) - k[1]) * k[0]) >> 16;
+        rgb[0] = (float)cover_clamp(y + ((V * k[2]) >> 16), 255);
+        rgb[1] = (float)cover_clamp(y + ((U * k[4]) >> 16) + ((V * k[5]) >> 16), 255);
+        rgb[2] = (float)cover_clamp(y + ((U * k[3]) >> 16), 255);
+        return;
+    }
+    const unsigned char* chroma1 = chroma0 + ((rt & 1) ? fr.chroma_pitch : 0);
+    int U0 = cover_chroma15(chroma0, ct, 0, fr.sample_bytes, fr.sample_shift, bits);
+    int V0 = cover_chroma15(chroma0, ct, 1, fr.sample_bytes, fr.sample_shift, bits);
+    int U1 = cover_chroma15(chroma1, ct, 0, fr.sample_bytes, fr.sample_shift, bits);
+    int V1 = cover_chroma15(chroma1, ct, 1, fr.sample_bytes, fr.sample_shift, bits);
+    int Y15 = (Y << 14) >> (bits - 1);
+    if (cc.path == 1) {  // table: 8-bit values through ff_yuv2rgb_c_init_tables' arithmetic
+        int y8 = ((Y15 + 64) >> 7) + k[8];
+        int U = cover_clamp((rt & 1) ? (U0 + U1 + 128) >> 8 : (U0 + 64) >> 7, 255);
+        int V = cover_clamp((rt & 1) ? (V0 + V1 + 128) >> 8 : (V0 + 64) >> 7, 255);
+        int dr = ((V * k[9]) >> 16) - (k[9] >> 9);
+        int dgu = ((U * k[11]) >> 16) - (k[11] >> 9);
+        int dgv = ((V * k[12]) >> 16) - (k[12] >> 9);
+        int db = ((U * k[10]) >> 16) - (k[10] >> 9);
+        rgb[0] = (float)cover_clamp(((y8 + dr) * k[6] + k[7]) >> 16, 255);
+        rgb[1] = (float)cover_clamp(((y8 + dgu + dgv) * k[6] + k[7]) >> 16, 255);
+        rgb[2] = (float)cover_clamp(((y8 + db) * k[6] + k[7]) >> 16, 255);
+        return;
+    }
+    // full: 32-bit arithmetic of yuv2rgb_write_full, wrapping as swscale's does
+    int U = (rt & 1) ? (U0 + U1 - (128 << 8)) * 2 : (U0 - (128 << 7)) * 4;
+    int V = (rt & 1) ? (V0 + V1 - (128 << 8)) * 2 : (V0 - (128 << 7)) * 4;
+    unsigned y = (unsigned)((Y15 * 4 - k[14]) * k[13] + (1 << 21));
+    int R = (int)(y + (unsigned)(V * k[15]));
+    int G = (int)(y + (unsigned)(V * k[16]) + (unsigned)(U * k[17]));
+    int B = (int)(y + (unsigned)(U * k[18]));
+    rgb[0] = (float)(cover_clamp(R, (1 << 30) - 1) >> 22);
+    rgb[1] = (float)(cover_clamp(G, (1 << 30) - 1) >> 22);
+    rgb[2] = (float)(cover_clamp(B, (1 << 30) - 1) >> 22);
+}
+
 // 8-bit RGB levels (as floats) of pixel (r, c) of frame f.
-__device__ void cover_rgb(const CoverFrames& fr, const float* __restrict__ yuv, int f, int r,
-                          int c, float rgb[3]) {
+__device__ void cover_rgb(const CoverFrames& fr, const CoverColour& cc, int f, int r, int c,
+                          float rgb[3]) {
     // the host tables keep (r, c) inside the frame; clamping only guards against bad tables
     r = min(max(r, 0), fr.height - 1);
     c = min(max(c, 0), fr.width - 1);
+    if (cc.path >= 0) {
+        cover_rgb_decord(fr, cc, f, r, c, rgb);
+        return;
+    }
+    const float* yuv = cc.yuv;
     const unsigned char* luma = (const unsigned char*)fr.luma[f] + (long long)r * fr.luma_pitch;
     const unsigned char* chroma =
         (const unsigned char*)fr.chroma[f] + (long long)(r >> 1) * fr.chroma_pitch;
@@ -82,7 +165,7 @@ __device__ void cover_rgb(const CoverFrames& fr, const float* __restrict__ yuv, 
 // multiply-add): top = fma(a, wx0, b * wx1); bottom = fma(c, wx0, d * wx1);
 // out = fma(top, wy0, bottom * wy1), with w*0 = 1 - w*1. prescale divides the 8-bit levels by
 // 255 first (upstream's small-frame upsampling works on x / 255).
-__device__ void cover_bilinear(const CoverFrames& fr, const float* __restrict__ yuv, int f,
+__device__ void cover_bilinear(const CoverFrames& fr, const CoverColour& yuv, int f,
                                int r0, int r1, float wy1, int c0, int c1, float wx1,
                                bool prescale, float out[3]) {
     float wy0 = __fsub_rn(1.0f, wy1);
@@ -131,7 +214,9 @@ __device__ __forceinline__ void cover_write(void* out, int out_half, long long b
 extern "C" __global__ void cover_resize_view(
     const unsigned long long* __restrict__ luma, const unsigned long long* __restrict__ chroma,
     int luma_pitch, int chroma_pitch, int height, int width, int sample_bytes, int sample_shift,
-    const float* __restrict__ yuv, const int* __restrict__ frame_of, int frames,
+    const float* __restrict__ yuv, int sws_path, const int* __restrict__ sws,
+    const int* __restrict__ sws_rows, const int* __restrict__ sws_cols,
+    const int* __restrict__ frame_of, int frames,
     const int* __restrict__ rows0, const int* __restrict__ rows1, const float* __restrict__ wrow,
     const int* __restrict__ cols0, const int* __restrict__ cols1, const float* __restrict__ wcol,
     int out_h, int out_w, const float* __restrict__ norm, void* out, int out_half,
@@ -142,8 +227,9 @@ extern "C" __global__ void cover_resize_view(
     if (x >= out_w || y >= out_h) return;
     CoverFrames fr = {luma, chroma, luma_pitch, chroma_pitch, height, width, sample_bytes,
                       sample_shift};
+    CoverColour colour = {yuv, sws_path, sws, sws_rows, sws_cols};
     float value[3];
-    cover_bilinear(fr, yuv, frame_of[k], rows0[y], rows1[y], wrow[y], cols0[x], cols1[x],
+    cover_bilinear(fr, colour, frame_of[k], rows0[y], rows1[y], wrow[y], cols0[x], cols1[x],
                    wcol[x], false, value);
     for (int c = 0; c < 3; ++c) value[c] = cover_level(value[c]);
     long long base = (k / frames) * stride_clip + (k % frames) * stride_t +
@@ -161,7 +247,9 @@ extern "C" __global__ void cover_resize_view(
 extern "C" __global__ void cover_fragments_view(
     const unsigned long long* __restrict__ luma, const unsigned long long* __restrict__ chroma,
     int luma_pitch, int chroma_pitch, int height, int width, int sample_bytes, int sample_shift,
-    const float* __restrict__ yuv, const int* __restrict__ frame_of, int frames,
+    const float* __restrict__ yuv, int sws_path, const int* __restrict__ sws,
+    const int* __restrict__ sws_rows, const int* __restrict__ sws_cols,
+    const int* __restrict__ frame_of, int frames,
     const int* __restrict__ origins, int aligned, int fragments_h, int fragments_w, int fsize_h,
     int fsize_w, int upsample, const int* __restrict__ up_rows0, const int* __restrict__ up_rows1,
     const float* __restrict__ up_wrow, const int* __restrict__ up_cols0,
@@ -183,14 +271,15 @@ extern "C" __global__ void cover_fragments_view(
     int c = o[fragments_h * fragments_w + i * fragments_w + j] + x % fsize_w;
     CoverFrames fr = {luma, chroma, luma_pitch, chroma_pitch, height, width, sample_bytes,
                       sample_shift};
+    CoverColour colour = {yuv, sws_path, sws, sws_rows, sws_cols};
     float value[3];
     if (upsample) {
-        cover_bilinear(fr, yuv, frame_of[k], up_rows0[r], up_rows1[r], up_wrow[r], up_cols0[c],
+        cover_bilinear(fr, colour, frame_of[k], up_rows0[r], up_rows1[r], up_wrow[r], up_cols0[c],
                        up_cols1[c], up_wcol[c], true, value);
         for (int ch = 0; ch < 3; ++ch)  // (x * 255).type_as(uint8): clamp, then truncate
             value[ch] = truncf(fminf(fmaxf(__fmul_rn(value[ch], 255.0f), 0.0f), 255.0f));
     } else {
-        cover_rgb(fr, yuv, frame_of[k], r, c, value);
+        cover_rgb(fr, colour, frame_of[k], r, c, value);
     }
     long long base = clip * stride_clip + t * stride_t + (long long)y * out_w + x;
     cover_write(out, out_half, base, stride_c, value, norm);
