@@ -340,12 +340,8 @@ class HostDecoder:
     def decode(self, path, indices, info, *, stream, colour="decord"):
         import av
 
-<<<<<<< /tmp/cur
-=======
-        from cover_engine.runtime.media.colour import frame_conversion
->>>>>>> /tmp/mine
         from cover_engine.runtime.gpu.pipeline import HostFrames, semi_planar
-        from cover_engine.runtime.media.colour import yuv_to_rgb_coefficients
+        from cover_engine.runtime.media.colour import frame_conversion
 
         wanted, planes = [int(i) for i in indices], {}
         self.calls.append(wanted)
@@ -355,13 +351,9 @@ class HostDecoder:
                     planes[k] = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)
                                  [:, :p.width] for p in frame.planes]
         nv12 = [semi_planar(*planes[k]) for k in wanted]
-<<<<<<< /tmp/cur
-        conv = yuv_to_rgb_coefficients(info.matrix, info.full_range, info.bit_depth)
-
-=======
         conv = frame_conversion(colour, info.matrix, info.full_range, info.bit_depth, info.height,
                                 info.width, 1, 1)
->>>>>>> /tmp/mine
+
         class Frames(HostFrames):
             def close(self):  # what the slot calls once the kernels are done
                 pass

@@ -349,12 +349,8 @@ def test_launch_arguments_follow_the_kernel_signatures(monkeypatch, size, colour
     monkeypatch.setattr(gpu, "DeviceBuffer", _HostBuffer)
     kernels = ViewKernels.__new__(ViewKernels)
     kernels.resize, kernels.fragments = _Recorder(), _Recorder()
-<<<<<<< /tmp/cur
     kernels.pool = gpu.DevicePool()
-    conv = yuv_to_rgb_coefficients("bt709", False, 10)
-=======
     conv = frame_conversion(colour, "bt709", False, 10, size[0], size[1], 1, 1)
->>>>>>> /tmp/mine
     frames = SimpleNamespace(luma_table=111, chroma_table=222, luma_pitch=512, chroma_pitch=512,
                              height=size[0], width=size[1], sample_bytes=2, sample_shift=6,
                              conv=conv)
