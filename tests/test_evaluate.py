@@ -123,12 +123,14 @@ def test_locate(tmp_path):
 
 
 def test_file_score_row_round_trip_is_exact():
-    s = FileScore("a/b.mp4", 0.1 + 0.2, -1e-17, 3.0, 1 / 3, 240, "1920x1080", "onnxruntime", 1.23456)
+    s = FileScore("a/b.mp4", 0.1 + 0.2, -1e-17, 3.0, 1 / 3, 240, "1920x1080", "onnxruntime", 1.23456,
+                  colour="exact")
     row = s.to_row()
     assert tuple(row) == SCORE_COLUMNS and row["name"] == "a/b.mp4"
     back = FileScore.from_row(row)
     assert (back.semantic, back.technical, back.overall) == (s.semantic, s.technical, s.overall)
     assert back.frames == 240 and back.resolution == "1920x1080" and back.seconds == pytest.approx(1.2346)
+    assert row["colour"] == back.colour == "exact"
 
 
 def test_row_log_appends_durably_and_refuses_to_overwrite(tmp_path):
@@ -363,7 +365,7 @@ def test_cli_end_to_end_with_fake_scorer(tmp_path, fake_cli):
     report = json.loads((out / "m.json").read_text())
     assert report["scored"] == 18 and report["missing"] == ["videos/v000.mp4"]
     assert [u["name"] for u in report["unreadable"]] == ["videos/v007.mp4"]
-    assert report["backends"] == ["fake"]
+    assert report["backends"] == ["fake"] and report["colours"] == ["decord"]
     assert set(report["metrics"]) == {"overall", "semantic", "technical", "aesthetic"}
     assert report["metrics"]["overall"]["n"] == 18 and len(report["metrics"]["overall"]["fit"]) == 4
     assert (out / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

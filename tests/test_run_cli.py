@@ -70,6 +70,25 @@ def test_run_batch_json_csv_and_failures(tmp_path, small_args):
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["name"] for r in rows] == [str(video)]
     assert float(rows[0]["overall"]) == pytest.approx(objs[0]["overall"], abs=1e-6)
+    assert objs[0]["colour"] == rows[0]["colour"] == "decord"  # the default, recorded
+
+
+def test_colour_option_changes_the_frames_and_is_recorded(tmp_path, small_args):
+    video = tmp_path / "clip.mp4"
+    write_clip(video, 320, 240, 40, seed=5)
+    out_csv = tmp_path / "scores.csv"
+    runner = CliRunner()
+    got = {}
+    for colour in ("decord", "exact"):
+        res = runner.invoke(main, [str(video), "--json", "--colour", colour, "--csv",
+                                   str(out_csv)] + small_args)
+        assert res.exit_code == 0, res.output
+        got[colour] = json.loads(res.stdout.splitlines()[-1])
+        assert got[colour]["colour"] == colour
+    assert got["decord"]["overall"] != got["exact"]["overall"]  # other RGB, other scores
+    assert [r["colour"] for r in csv.DictReader(out_csv.open())] == ["decord", "exact"]
+    bad = runner.invoke(main, [str(video), "--colour", "srgb"] + small_args)
+    assert bad.exit_code == 2 and "srgb" in bad.output
 
 
 def test_run_is_repeatable_and_seed_changes_sampling(tmp_path, small_args):
