@@ -35,7 +35,8 @@ Choices, and why:
   ``"exact"`` keeps today's behaviour, not turning them. ``rotate=True/False`` overrides.
 * **Images** (JPEG, PNG, WebP, BMP, ... — FFmpeg's single-image demuxers) are one-frame inputs.
   Upstream read them with PIL, whose JPEG decoder smooths chroma; FFmpeg's does not, so JPEG
-  views can differ from upstream's by a few levels at sharp colour edges.
+  views can differ from upstream's by a few levels at sharp colour edges, with either
+  conversion (decord never saw them).
 * A resolution change mid-stream is scaled (swscale, bilinear) back to the first frame's size,
   as decord's fixed-size output did.
 * **Names are local files, never URLs**: FFmpeg reads ``http:b.mp4``, ``concat:a.mp4|b.mp4``,
@@ -89,7 +90,7 @@ class MediaInfo:
     bit_depth: int
     matrix: str          # YUV matrix used for RGB ("bt601", "bt709", ...), "rgb" if not YUV
     full_range: bool
-    rotation: int        # display rotation, degrees counter-clockwise (not applied by default)
+    rotation: int        # display rotation, degrees counter-clockwise (see applies_rotation)
     is_image: bool
     counted: bool        # num_frames was counted by demuxing (the container gave none)
     interlaced: bool = False  # field-coded (the first frame, or the stream's field order, says so)
