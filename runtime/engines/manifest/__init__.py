@@ -7,7 +7,7 @@ sampled and normalised, and how the score maps become scores. The manifest is ch
 scoring: schema and version, every listed file's size and sha256, and (by each backend) that the
 graphs' real inputs and outputs are the ones listed here.
 
-Layout (schema version 2; :data:`MANIFEST_SCHEMA` is the formal description)::
+Layout (schema version 3; :data:`MANIFEST_SCHEMA` is the formal description)::
 
     schema, schema_version    "cover-engine-manifest", 3 (2: graphs and engines name their own
                               mode and branch, see identity.py; 3: preprocessing names the two
