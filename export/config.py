@@ -6,7 +6,6 @@ sizes (COVER_SPEC.md section 1): ``ModelConfig()`` is ``ModelConfig.official()``
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -14,6 +13,7 @@ from typing import Any, Mapping, Optional, Union
 from cover_engine.runtime.constants import BRANCHES
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.engines.manifest import jsonable
+from cover_engine.runtime.safe_json import JSONRefused, loads_strict
 
 Shape = tuple[int, ...]
 
@@ -145,11 +145,11 @@ class ModelConfig:
         if isinstance(source, (str, Path)):
             where = str(source)
             try:
-                source = json.loads(Path(source).read_text())
+                source = loads_strict(Path(source).read_bytes())
             except OSError as exc:
-                raise InputError(f"{where}: cannot read model config ({exc.strerror or exc})") from exc
-            except ValueError as exc:
-                raise InputError(f"{where}: not valid JSON ({exc})") from exc
+                raise InputError(f"{where}: cannot read model config ({exc.strerror or exc})") from None
+            except JSONRefused as exc:  # NaN, overflowing numbers, duplicate keys, deep nesting
+                raise InputError(f"{where}: {exc}") from None
         try:
             return cls._from_dict(source)
         except (TypeError, ValueError, KeyError) as exc:

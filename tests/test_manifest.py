@@ -28,7 +28,7 @@ from cover_engine.runtime.engines.manifest import (BATCH, MANIFEST_FILE, MANIFES
                                            load_manifest, validate_manifest,
                                            write_manifest)
 
-T, HW, C = 2, 7, 3  # frames, grid, "feature channels" of the toy graphs
+T, HW, C = 2, 32, 3  # frames, view side (one 32 px fragment for the technical view), feature channels
 INPUTS = {b: (1, 3, T, HW, HW) for b in BRANCHES}
 ONNX_TYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
@@ -177,7 +177,7 @@ def test_missing_folder_and_manifest(tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ("{not json", "not readable JSON"),
+    ("{not json", "not valid JSON"),
     ('{"schema": "something-else", "schema_version": 1}', "not a cover-engine manifest"),
     ("[1, 2]", "not a cover-engine manifest"),
 ])
@@ -314,7 +314,7 @@ def test_check_io_shapes_and_dtypes():
     check_io(entry, ok_inputs, outputs, "x.onnx")
     with pytest.raises(EngineError, match=r"x\.onnx: view is float16"):
         check_io(entry, [("view", ["batch", 3, T, HW, HW], "float16")], outputs, "x.onnx")
-    with pytest.raises(EngineError, match=r"view is float32 \['batch', 3, 5, 7, 7\]"):
+    with pytest.raises(EngineError, match=r"view is float32 \['batch', 3, 5, 32, 32\]"):
         check_io(entry, [("view", ["batch", 3, 5, HW, HW], "float32")], outputs, "x.onnx")
     with pytest.raises(EngineError, match="view is float32 \\[2, 3"):  # batch fixed at 2
         check_io(entry, [("view", [2, 3, T, HW, HW], "float32")], outputs, "x.onnx")

@@ -482,7 +482,7 @@ def test_trt_build_profiles_cache_and_manifest(fp32_dir, tmp_path, monkeypatch):
         f"cover-engine:{g.mode}/{g.branch}" for g in manifest.graphs]
     assert info.version == "10.99.1" and info.compute_capability == "9.0"
     assert info.timing_cache == "timing.cache"
-    built = replace(manifest, graphs=tuple(entries), tensorrt=info)
+    built = replace(manifest, graphs=tuple(entries), tensorrt=info, batch=batch)
     write_manifest(folder, built)
     jsonschema.validate(json.loads((folder / MANIFEST_FILE).read_text()), MANIFEST_SCHEMA)
     reloaded = load_manifest(folder)

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
 from cover_engine.runtime.engines.manifest import SCHEMA_VERSION
+from cover_engine.runtime.safe_json import loads_strict
 
 __all__ = ["engine_cache_name"]
 
@@ -40,7 +41,7 @@ def engine_cache_name(*, weights=None, clip_weights=None, config=None,
         cfg = config.to_dict()
     else:
         try:
-            cfg = json.loads(Path(config).read_text())
+            cfg = loads_strict(Path(config).read_bytes())
         except (OSError, ValueError):
             cfg = str(Path(config).resolve())
     key = json.dumps({"schema": SCHEMA_VERSION, "config": cfg, "precision": precision,

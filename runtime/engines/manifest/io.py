@@ -10,21 +10,24 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
-from cover_engine.runtime.constants import BRANCHES
+from cover_engine.runtime.constants import BRANCHES, JSON_MAX_BYTES
+from cover_engine.runtime.engines.manifest.consistency import consistency_problems
 from cover_engine.runtime.engines.manifest.model import Dim, GraphEntry, Manifest
 from cover_engine.runtime.engines.manifest.schema import (BATCH, MANIFEST_FILE, MANIFEST_SCHEMA,
                                                           SCHEMA_ID, SCHEMA_VERSION)
 from cover_engine.runtime.engines.manifest.validator import validate
 from cover_engine.runtime.errors import EngineError
 from cover_engine.runtime.hashing import sha256_file
+from cover_engine.runtime.safe_json import JSONRefused, loads_strict
 
 __all__ = ["validate_manifest", "write_manifest", "load_manifest", "verify_manifest_files",
            "check_io", "check_tensorrt"]
 
 
 def validate_manifest(data: Any) -> list[str]:
-    """Problems of a ``manifest.json`` document under :data:`~.schema.MANIFEST_SCHEMA`."""
-    return validate(data, MANIFEST_SCHEMA)
+    """Problems of a ``manifest.json`` document: :data:`~.schema.MANIFEST_SCHEMA` (types and
+    ranges), then the rules across fields (:mod:`.consistency`)."""
+    return validate(data, MANIFEST_SCHEMA) or consistency_problems(data)
 
 
 def write_manifest(folder: Union[str, Path], manifest: Manifest) -> Path:
@@ -34,29 +37,37 @@ def write_manifest(folder: Union[str, Path], manifest: Manifest) -> Path:
     if problems:
         raise EngineError(f"refusing to write an invalid manifest: {problems[0]}")
     path = Path(folder) / MANIFEST_FILE
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
     return path
 
 
 def load_manifest(folder: Union[str, Path], *, verify_files: bool = True) -> Manifest:
     """Read and check ``folder/manifest.json``; with ``verify_files``, every file it lists too.
 
-    Raises EngineError naming the file and the cause: no manifest, unreadable JSON, another
-    schema or schema version, a structure the schema rejects, a missing, truncated or altered
-    graph or engine file, or graph sets that do not cover the three branches.
+    Raises EngineError naming the file and the cause: no manifest, unreadable or hostile JSON
+    (NaN, overflowing numbers, duplicate keys, deep nesting: :mod:`~cover_engine.runtime.safe_json`),
+    another schema or schema version, a value out of range or contradicting another, a missing,
+    truncated or altered graph or engine file, or graph sets that do not cover the three branches.
     """
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not folder.is_dir():
         raise EngineError(f"{folder}: engine folder does not exist "
                           "(run `cover-export` to make one)")
-    if not path.is_file():
+    if not path.exists():
         raise EngineError(f"{path}: missing; {folder} is not an engine folder written by "
                           "`cover-export`")
+    if not path.is_file():
+        raise EngineError(f"{path}: not a regular file")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise EngineError(f"{path}: not readable JSON ({exc})") from None
+        if path.stat().st_size > JSON_MAX_BYTES:
+            raise JSONRefused(f"{path.stat().st_size} bytes, more than the {JSON_MAX_BYTES} a "
+                              "manifest may hold")
+        data = loads_strict(path.read_bytes())
+    except OSError as exc:
+        raise EngineError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except JSONRefused as exc:
+        raise EngineError(f"{path}: {exc}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA_ID:
         raise EngineError(f"{path}: not a cover-engine manifest (no \"schema\": \"{SCHEMA_ID}\")")
     version = data.get("schema_version")

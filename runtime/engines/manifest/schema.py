@@ -10,7 +10,9 @@ from typing import Any
 from cover_engine.runtime.constants import BRANCHES, DEFAULT_COLOUR
 
 __all__ = ["MANIFEST_FILE", "SCHEMA_ID", "SCHEMA_VERSION", "MODES", "PRECISIONS", "BATCH",
-           "SCORE_RULES", "PREPROCESSING", "MANIFEST_SCHEMA"]
+           "SCORE_RULES", "PREPROCESSING", "MANIFEST_SCHEMA", "MAX_FRAMES", "MAX_PIXELS",
+           "MAX_GRID", "MAX_BATCH", "MAX_DIM", "MAX_FILE_BYTES", "OPSET_RANGE", "STD_RANGE",
+           "MAX_MEAN", "MAX_TEXT"]
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_ID = "cover-engine-manifest"
@@ -20,6 +22,31 @@ MODES: tuple[str, ...] = ("video", "image")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 #: Name of the dynamic batch axis in graph shapes.
 BATCH = "batch"
+
+# Ranges of a manifest's numbers. Generous for any model this engine runs (official: 40-frame
+# clips, 512 px views, engines for batches up to 8), tight enough that an edited or hostile value
+# can neither ask for absurd memory nor divide by zero before a graph is even loaded.
+#: Frames per view (clip_len), segments (t_frag), frame step, aligned run, clips.
+MAX_FRAMES = 1024
+#: Pixels along one side of a view or of a fragment.
+MAX_PIXELS = 8192
+#: Fragments along one side of the grid.
+MAX_GRID = 256
+#: Batch sizes engines are built for.
+MAX_BATCH = 4096
+#: Any one dimension of a graph input or output.
+MAX_DIM = 1 << 20
+#: Size of any listed file (1 TiB).
+MAX_FILE_BYTES = 1 << 40
+#: ONNX opsets an export may declare (17 is the exporter's floor).
+OPSET_RANGE = (17, 64)
+#: Normalisation std per channel, on 0..255 RGB: positive and large enough that (x - mean) / std
+#: stays finite in fp16 (x <= 255, fp16 max 65504).
+STD_RANGE = (0.01, 1.0e4)
+#: Largest |mean| per channel, on 0..255 RGB.
+MAX_MEAN = 1.0e4
+#: Longest string (names, paths, versions).
+MAX_TEXT = 4096
 #: How the scores are formed from the graphs' score maps (the same words go into every manifest).
 SCORE_RULES: dict[str, Any] = {
     "order": list(BRANCHES),
@@ -67,27 +94,59 @@ PREPROCESSING: dict[str, str] = {
 
 _DTYPES = ("float32", "float16")
 _SHA256 = "^[0-9a-f]{64}$"
+_TEXT = {"type": "string", "maxLength": MAX_TEXT}
+_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
+
+
+def _count(low: int, high: int) -> dict:
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
 _FILE_REF = {
     "type": "object",
     "required": ["path", "bytes", "sha256"],
-    "properties": {"path": {"type": "string", "minLength": 1},
-                   "bytes": {"type": "integer", "minimum": 0},
+    "properties": {"path": _NAME,
+                   "bytes": _count(1, MAX_FILE_BYTES),
                    "sha256": {"type": "string", "pattern": _SHA256}},
     "additionalProperties": False,
 }
+_DIM = {"oneOf": [_count(1, MAX_DIM), {"const": BATCH}]}
 _TENSOR = {
     "type": "object",
     "required": ["name", "shape", "dtype"],
     "properties": {
-        "name": {"type": "string", "minLength": 1},
-        "shape": {"type": "array", "items": {"type": ["integer", "string"]}},
+        "name": _NAME,
+        "shape": {"type": "array", "items": _DIM, "minItems": 1, "maxItems": 8},
         "dtype": {"enum": list(_DTYPES)},
-        "source": {"type": "string"},
+        "source": _NAME,
     },
     "additionalProperties": False,
 }
-_SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 1}}
-_NUMBERS3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+_SHAPE = {"type": "array", "items": _count(1, MAX_DIM), "minItems": 1, "maxItems": 8}
+_MEAN3 = {"type": "array", "items": {"type": "number", "minimum": -MAX_MEAN, "maximum": MAX_MEAN},
+          "minItems": 3, "maxItems": 3}
+_STD3 = {"type": "array", "items": {"type": "number", "minimum": STD_RANGE[0],
+                                    "maximum": STD_RANGE[1]},
+         "minItems": 3, "maxItems": 3}
+#: One branch's sampling (ViewSpec.to_dict()); sizes that do not apply to its kind are 0.
+_VIEW = {
+    "type": "object",
+    "required": ["name", "kind", "clip_len", "t_frag", "frame_interval", "mean", "std"],
+    "properties": {
+        "name": {"enum": list(BRANCHES)},
+        "kind": {"enum": ["resize", "fragments"]},
+        "clip_len": _count(1, MAX_FRAMES),
+        "t_frag": _count(1, MAX_FRAMES),
+        "frame_interval": _count(1, MAX_FRAMES),
+        "num_clips": _count(1, MAX_FRAMES),
+        "size_h": _count(0, MAX_PIXELS), "size_w": _count(0, MAX_PIXELS),
+        "fragments_h": _count(0, MAX_GRID), "fragments_w": _count(0, MAX_GRID),
+        "fsize_h": _count(0, MAX_PIXELS), "fsize_w": _count(0, MAX_PIXELS),
+        "aligned": _count(0, MAX_FRAMES),
+        "mean": _MEAN3, "std": _STD3,
+    },
+    "additionalProperties": False,
+}
 
 #: JSON Schema (draft 2020-12) of ``manifest.json``. The runtime checks manifests with the small
 #: validator of :mod:`.validator` (jsonschema is not a runtime dependency); the tests also use
@@ -102,46 +161,45 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "properties": {
         "schema": {"const": SCHEMA_ID},
         "schema_version": {"const": SCHEMA_VERSION},
-        "name": {"type": "string", "minLength": 1},
-        "created": {"type": "string"},
+        "name": _NAME,
+        "created": _TEXT,
         "precision": {"enum": list(PRECISIONS)},
-        "opset": {"type": "integer", "minimum": 17},
+        "opset": _count(*OPSET_RANGE),
         "batch": {
             "type": "object", "required": ["min", "opt", "max"],
-            "properties": {k: {"type": "integer", "minimum": 1} for k in ("min", "opt", "max")},
+            "properties": {k: _count(1, MAX_BATCH) for k in ("min", "opt", "max")},
             "additionalProperties": False,
         },
         "model": {"type": "object"},
         "views": {
             "type": "object", "required": list(BRANCHES),
-            "additionalProperties": {
-                "type": "object",
-                "required": ["name", "kind", "clip_len", "t_frag", "frame_interval", "mean", "std"],
-                "properties": {"kind": {"enum": ["resize", "fragments"]},
-                               "mean": _NUMBERS3, "std": _NUMBERS3},
-            },
+            "properties": {b: _VIEW for b in BRANCHES},
+            "additionalProperties": False,
         },
         "normalisation": {
             "type": "object", "required": list(BRANCHES),
-            "additionalProperties": {
+            "properties": {b: {
                 "type": "object", "required": ["mean", "std", "input"],
-                "properties": {"mean": _NUMBERS3, "std": _NUMBERS3, "input": {"type": "string"}},
-            },
+                "properties": {"mean": _MEAN3, "std": _STD3, "input": _TEXT},
+                "additionalProperties": False,
+            } for b in BRANCHES},
+            "additionalProperties": False,
         },
         "preprocessing": {
             "type": "object", "required": sorted(PREPROCESSING) + ["kernels"],
             "properties": {"kernels": {"oneOf": [{"type": "null"}, _FILE_REF]}},
-            "additionalProperties": {"type": "string"},
+            "additionalProperties": _TEXT,
         },
         "scores": {
             "type": "object", "required": ["order", "branch", "overall"],
             "properties": {"order": {"type": "array", "items": {"enum": list(BRANCHES)}},
-                           "branch": {"type": "string"}, "overall": {"type": "string"}},
+                           "branch": _TEXT, "overall": _TEXT},
         },
         "weights": {"type": "object"},
-        "tools": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+        "tools": {"type": "object",
+                  "additionalProperties": {"type": ["string", "null"], "maxLength": MAX_TEXT}},
         "graphs": {
-            "type": "array", "minItems": 3,
+            "type": "array", "minItems": len(BRANCHES), "maxItems": len(MODES) * len(BRANCHES),
             "items": {
                 "type": "object",
                 "required": ["mode", "branch", "file", "external_data", "inputs", "outputs",
@@ -151,8 +209,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "branch": {"enum": list(BRANCHES)},
                     "file": _FILE_REF,
                     "external_data": {"oneOf": [{"type": "null"}, _FILE_REF]},
-                    "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
-                    "outputs": {"type": "array", "minItems": 1, "items": _TENSOR},
+                    "inputs": {"type": "array", "minItems": 1, "maxItems": 8, "items": _TENSOR},
+                    "outputs": {"type": "array", "minItems": 1, "maxItems": 8, "items": _TENSOR},
                     "engine": {"oneOf": [{"type": "null"}, {
                         "type": "object", "required": ["file", "profiles"],
                         "properties": {
@@ -171,9 +229,9 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "tensorrt": {"oneOf": [{"type": "null"}, {
             "type": "object",
             "required": ["version", "gpu", "compute_capability", "timing_cache"],
-            "properties": {"version": {"type": "string"}, "gpu": {"type": "string"},
+            "properties": {"version": _TEXT, "gpu": _TEXT,
                            "compute_capability": {"type": "string", "pattern": r"^\d+\.\d+$"},
-                           "timing_cache": {"type": ["string", "null"]}},
+                           "timing_cache": {"type": ["string", "null"], "maxLength": MAX_TEXT}},
             "additionalProperties": False,
         }]},
     },

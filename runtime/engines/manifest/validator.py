@@ -6,6 +6,7 @@ mutated manifests.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Mapping
 
@@ -16,17 +17,22 @@ def validate(instance: Any, schema: Mapping, where: str = "") -> list[str]:
     """Problems of ``instance`` under ``schema`` (empty: valid); ``where`` names the position.
 
     Covers type, const, enum, required, properties, additionalProperties, items, min/maxItems,
-    minimum, minLength, pattern and oneOf -- enough for one clear message, without jsonschema.
+    minimum, maximum, min/maxLength, pattern and oneOf -- enough for one clear message, without
+    jsonschema. Numbers must also be finite (JSON has no NaN; a document built in Python may).
     """
     at = where or "manifest"
     if "oneOf" in schema:
-        if sum(not validate(instance, s, where) for s in schema["oneOf"]) != 1:
-            return [f"{at}: does not match exactly one allowed form"]
-        return []
+        results = [validate(instance, s, where) for s in schema["oneOf"]]
+        if sum(not r for r in results) == 1:
+            return []
+        for alternative, problems in zip(schema["oneOf"], results):
+            if problems and "type" in alternative and _is_type_of(instance, alternative["type"]):
+                return problems  # the form it was meant to have says what is wrong
+        return [f"{at}: {_show(instance)} matches none of the allowed forms"]
     if "const" in schema and instance != schema["const"]:
-        return [f"{at}: must be {schema['const']!r}, got {instance!r}"]
+        return [f"{at}: must be {schema['const']!r}, got {_show(instance)}"]
     if "enum" in schema and instance not in schema["enum"]:
-        return [f"{at}: must be one of {schema['enum']}, got {instance!r}"]
+        return [f"{at}: must be one of {schema['enum']}, got {_show(instance)}"]
     if "type" in schema:
         types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
         if not any(_is_type(instance, t) for t in types):
@@ -57,11 +63,34 @@ def validate(instance: Any, schema: Mapping, where: str = "") -> list[str]:
     elif isinstance(instance, str):
         if len(instance) < schema.get("minLength", 0):
             problems.append(f"{at}: must not be empty")
+        if len(instance) > schema.get("maxLength", len(instance)):
+            problems.append(f"{at}: longer than {schema['maxLength']} characters")
         if "pattern" in schema and not re.search(schema["pattern"], instance):
-            problems.append(f"{at}: {instance!r} does not match {schema['pattern']}")
-    elif _is_type(instance, "number") and instance < schema.get("minimum", instance):
-        problems.append(f"{at}: must be >= {schema['minimum']}, got {instance}")
+            problems.append(f"{at}: {instance[:80]!r} does not match {schema['pattern']}")
+    elif _is_type(instance, "number"):
+        if isinstance(instance, float) and not math.isfinite(instance):
+            problems.append(f"{at}: must be a finite number, got {instance}")
+        elif instance < schema.get("minimum", instance):
+            problems.append(f"{at}: must be >= {schema['minimum']}, got {_short(instance)}")
+        elif instance > schema.get("maximum", instance):
+            problems.append(f"{at}: must be <= {schema['maximum']}, got {_short(instance)}")
     return problems
+
+
+def _show(value: Any) -> str:
+    """A value for a message, cut short (it may be anything a hostile file holds)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _short(number: Any) -> str:
+    """A number for a message: huge integers are not printed digit by digit."""
+    text = str(number)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
+
+
+def _is_type_of(value: Any, types: Any) -> bool:
+    return any(_is_type(value, t) for t in (types if isinstance(types, list) else [types]))
 
 
 def _is_type(value: Any, name: str) -> bool:
