@@ -55,6 +55,25 @@ def build_model(config=None, *, weights=None, clip_weights=None, random_weights:
     return model.float().eval(), cfg
 
 
+def _check_device(device: str) -> None:
+    """A device torch can use, or one CoverError line (never torch's traceback, never the CPU
+    in place of a GPU that was asked for)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CoverError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type != "cuda":
+        raise CoverError(f"--device {device}: the torch backend runs on cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        raise CoverError(f"--device {device} asked for, but torch sees no CUDA GPU here")
+    count = torch.cuda.device_count()
+    if (parsed.index or 0) >= count:
+        raise CoverError(f"--device {device}: torch sees {count} CUDA GPU(s), "
+                         f"cuda:0..cuda:{count - 1}")
+
+
 class TorchBackend:
     """Runs the three branches with PyTorch; ``run`` maps numpy views to numpy score maps."""
 
@@ -63,8 +82,7 @@ class TorchBackend:
                  compile: bool = False, model: Optional[COVER] = None):
         if precision not in PRECISIONS:
             raise CoverError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise CoverError("--device cuda asked for, but torch sees no CUDA GPU here")
+        _check_device(device)
         if model is None:
             model, cfg = build_model(config, weights=weights, clip_weights=clip_weights,
                                      random_weights=random_weights, seed=seed)

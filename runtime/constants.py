@@ -183,3 +183,8 @@ JSON_MAX_INT_DIGITS = 30
 #: is the signalled matrix in float32 with nearest chroma, rounded half to even.
 COLOUR_MODES: tuple[str, ...] = ("decord", "exact")
 DEFAULT_COLOUR = "decord"
+
+#: ``--clips``: clips averaged per file (each is decoded and scored; upstream uses 1).
+MAX_CLIPS = 64
+#: ``--seed``: numpy seeds are non-negative; 32 bits keeps the value portable to a C++ host.
+MAX_SEED = 2**32 - 1

@@ -47,6 +47,7 @@ from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_HOME_ENV, COVER_W
 from cover_engine.runtime.errors import WeightsError
 from cover_engine.runtime.durable import NotRegularFile, fsync_dir, kind_of, open_regular
 from cover_engine.runtime.hashing import sha256_file
+from cover_engine.runtime.folders import folder_problem
 
 #: The files ``cover-fetch`` manages, by the short names ``--only`` and ``--url`` accept.
 FILES: dict[str, WeightFile] = {"cover": COVER_WEIGHTS, "clip": CLIP_WEIGHTS}
@@ -73,6 +74,19 @@ def cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cover-engine"
     return Path.home() / ".cache" / "cover-engine"
+
+
+def checked_cache_dir(*, write: bool = False) -> Path:
+    """:func:`cache_dir`, refused in one line (WeightsError naming where it came from) when it
+    cannot serve: a file, a symlink loop, a path through a file, or -- with ``write`` -- a folder
+    that cannot be created or written into (checked by writing, so also as root)."""
+    path = cache_dir()
+    problem = folder_problem(path, write=write)
+    if problem:
+        source = f"${COVER_HOME_ENV}" if os.environ.get(COVER_HOME_ENV) else "the cache folder"
+        raise WeightsError(f"{path}: {problem} ({source}, where weights and exported engines are "
+                           f"kept; set {COVER_HOME_ENV} to a writable folder)")
+    return path
 
 
 def verify(path: PathLike, wf: WeightFile, *, full: bool = False) -> Optional[str]:
@@ -127,7 +141,7 @@ def resolve_weights(wf: WeightFile, explicit: Optional[PathLike] = None, *,
     elif wf.env and os.environ.get(wf.env):
         path, origin = Path(os.environ[wf.env]), f"from ${wf.env}"
     else:
-        path, origin = cache_dir() / wf.name, ""
+        path, origin = checked_cache_dir() / wf.name, ""
     path = path.expanduser().absolute()
     if not path.is_file():
         if origin:

@@ -120,10 +120,10 @@ def _tensorrt_usable(engine_dir: Path) -> bool:
 def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
                           random_weights: bool = False, log=print) -> Path:
     """The cached ONNX export for these settings, exported now if missing."""
-    from cover_engine.runtime.fetch import cache_dir
+    from cover_engine.runtime.fetch import checked_cache_dir
     from cover_engine.runtime.engines.cache import engine_cache_name
 
-    target = cache_dir() / "engines" / engine_cache_name(weights=weights, clip_weights=clip_weights,
+    target = checked_cache_dir() / "engines" / engine_cache_name(weights=weights, clip_weights=clip_weights,
                                                          config=config,
                                                          random_weights=random_weights)
     if (target / "manifest.json").is_file():
@@ -135,6 +135,7 @@ def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
         official = config is None
         resolve_weights(COVER_WEIGHTS, weights, official=official)
         resolve_weights(CLIP_WEIGHTS, clip_weights, official=official)
+    checked_cache_dir(write=True)  # before minutes of export, not after
     log(f"cover-run: no engines given; exporting ONNX graphs once into {target} "
         "(needs torch and the weights)")
     try:

@@ -21,13 +21,14 @@ from pathlib import Path
 import click
 
 from cover_engine.bench.cli import BACKENDS, BENCH_CODECS, Log, importable, parse_backends
-from cover_engine.runtime.cli.common import CONTEXT_SETTINGS, cover_errors
-from cover_engine.runtime.cli.options import quiet_option, report_options, weight_options
+from cover_engine.runtime.cli.common import CONTEXT_SETTINGS, OneLineCommand, cover_errors
+from cover_engine.runtime.cli.options import (CheckedPath, Device, quiet_option, report_options,
+                                              weight_options)
 
 __all__ = ["main"]
 
 
-class _RecordedCommand(click.Command):
+class _RecordedCommand(OneLineCommand):
     """Keeps the arguments as given, so the report can state the exact command."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -36,7 +37,7 @@ class _RecordedCommand(click.Command):
 
 
 @click.command(cls=_RecordedCommand, context_settings=CONTEXT_SETTINGS)
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--input", "input_path", type=CheckedPath(dir_okay=False, path_type=Path),
               help="Benchmark this video instead of a generated clip.")
 @click.option("--resolution", default="4k", show_default=True,
               help="Generated clip size: 4k, 1080p, 720p or WxH.")
@@ -55,11 +56,12 @@ class _RecordedCommand(click.Command):
               help="Clips per backend call in the throughput phase.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads scoring at once in the throughput phase.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", type=Device(allow_auto=True), default="auto", show_default=True,
+              help="auto, cpu or cuda[:N].")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads for torch and ONNX Runtime (default: each library's own).")
 @weight_options(random_default=True)
-@click.option("--engines", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--engines", type=CheckedPath(file_okay=False, path_type=Path),
               help="An existing cover-export folder for the onnxruntime/tensorrt rows "
                    "(default: export the benchmark model to a temporary folder).")
 @report_options(json_help="Write the full report (machine, versions, settings, every figure) here.",

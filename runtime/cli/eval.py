@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from cover_engine.runtime.cli.common import command, cover_errors
-from cover_engine.runtime.cli.options import csv_option, report_options, scorer_options
+from cover_engine.runtime.cli.options import CheckedPath, csv_option, report_options, scorer_options
 from cover_engine.runtime.eval.evaluate import (Scorer, evaluate, format_report, plot_fit,
                                                 report_dict, write_rescaled)
 from cover_engine.runtime.eval.labels import FORMATS, check_distinct_files, read_labels
@@ -42,9 +42,9 @@ def build_scorer(**options) -> Scorer:
 
 @command()
 @click.option("--labels", "labels_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              type=CheckedPath(exists=True, dir_okay=False, path_type=Path),
               help="Label file: upstream 'filename,a,t,mos' lines, or a CSV with a header.")
-@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--root", default=".", show_default=True, type=CheckedPath(file_okay=False, path_type=Path),
               help="Folder the label file's names are relative to.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
               help="Label format.")
@@ -57,7 +57,7 @@ def build_scorer(**options) -> Scorer:
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N labelled videos.")
 @report_options(json_help="Write counts, metrics, fit parameters and problem videos as JSON.",
                 plot_help="Write predicted-vs-MOS scatter with the fitted curve")
-@click.option("--rescaled", "rescaled_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--rescaled", "rescaled_path", type=CheckedPath(dir_okay=False, path_type=Path),
               help="Write raw scores with z-score, rank in [0, 1] and fixed 0-100 rescalings (CSV).")
 def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weights, clip_weights, config,
          random_weights, device, precision, seed, clips, colour, csv_path, resume, limit, json_path, plot_path,

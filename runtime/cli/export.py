@@ -17,10 +17,21 @@ from typing import Optional
 import click
 
 from cover_engine.runtime.cli.common import command, cover_errors
-from cover_engine.runtime.cli.options import quiet_option, weight_options
+from cover_engine.runtime.cli.options import CheckedPath, quiet_option, weight_options
 from cover_engine.runtime.engines.manifest import MODES
+from cover_engine.runtime.engines.manifest.schema import MAX_BATCH
+from cover_engine.runtime.folders import folder_problem
 
 __all__ = ["main", "default_name"]
+
+
+def _check_name(ctx: click.Context, param: click.Parameter, value: Optional[str]):
+    """An export name is one plain folder name: it becomes ``engines/<name>/``."""
+    if value is not None and (not value.strip() or value in (".", "..") or len(value) > 200
+                              or any(c in value for c in "/\\\0\n\r")):
+        raise click.BadParameter(f"{value!r} is not a plain folder name (no slashes, not . or "
+                                 "..; at most 200 characters)")
+    return value
 
 
 def default_name(precision: str, config: Optional[Path], random_weights: bool) -> str:
@@ -32,19 +43,20 @@ def default_name(precision: str, config: Optional[Path], random_weights: bool) -
 @command()
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16 keeps LayerNorm, softmax and reductions in fp32.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=CheckedPath(file_okay=False, path_type=Path),
               help="Output folder (default: engines/<name>/).")
-@click.option("--name", help="Export name (default: cover-<precision>).")
+@click.option("--name", callback=_check_name,
+              help="Export name, also the default folder's name (default: cover-<precision>).")
 @weight_options()
-@click.option("--batch-max", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--batch-max", type=click.IntRange(1, MAX_BATCH), default=8, show_default=True,
               help="Largest batch the TensorRT engines accept.")
-@click.option("--batch-opt", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batch the TensorRT engines are tuned for.")
+@click.option("--batch-opt", type=click.IntRange(1, MAX_BATCH), default=1, show_default=True,
+              help="Batch the TensorRT engines are tuned for (at most --batch-max).")
 @click.option("--opset", type=click.IntRange(17, 20), default=18, show_default=True,
               help="ONNX opset (TensorRT 10 parses up to 20).")
 @click.option("--engine/--no-engine", default=None,
               help="Build TensorRT engines (default: for fp16, when tensorrt is installed).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--timing-cache", type=CheckedPath(dir_okay=False, path_type=Path),
               help="TensorRT timing cache to reuse and update (default: <out>/timing.cache).")
 @click.option("--images/--no-images", default=True, show_default=True,
               help="Also export the single-image (T=1) graphs.")
@@ -55,8 +67,14 @@ def main(precision, out, name, weights, clip_weights, config, random_weights, ba
          opset, engine, timing_cache, images, check, quiet):
     """Export COVER's three branches to ONNX (one graph per branch, for videos and for images),
     optionally build TensorRT engines, and write manifest.json describing all of it."""
+    if batch_opt > batch_max:
+        raise click.BadParameter(f"{batch_opt} is larger than --batch-max {batch_max}",
+                                 param_hint="'--batch-opt'")
     name = name or default_name(precision, config, random_weights)
     out = out or Path("engines") / name
+    problem = folder_problem(out, write=True)  # before minutes of tracing, not after
+    if problem:
+        raise click.ClickException(f"{out}: {problem} (--out)")
     log = (lambda msg: None) if quiet else click.echo
     with cover_errors():
         try:

@@ -18,10 +18,11 @@ from typing import Optional, Sequence
 
 import click
 
-from cover_engine.runtime.cli.common import command
-from cover_engine.runtime.cli.options import quiet_option
+from cover_engine.runtime.cli.common import command, cover_errors
+from cover_engine.runtime.cli.options import CheckedPath, quiet_option
 from cover_engine.runtime.errors import WeightsError
 from cover_engine.runtime import fetch
+from cover_engine.runtime.folders import folder_problem
 
 __all__ = ["main"]
 
@@ -42,7 +43,7 @@ def _parse_urls(pairs: Sequence[str]) -> dict[str, list[str]]:
 
 
 @command()
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--dir", "directory", type=CheckedPath(file_okay=False, path_type=Path),
               help="Folder for the weight files [default: $COVER_HOME, else "
                    "$XDG_CACHE_HOME/cover-engine, else ~/.cache/cover-engine].")
 @click.option("--only", type=click.Choice(sorted(fetch.FILES)), help="Fetch one file only.")
@@ -59,7 +60,13 @@ def main(directory: Optional[Path], only: Optional[str], url_pairs: tuple[str, .
     Prints NAME: PATH for each good file; exits non-zero if any file is missing or bad.
     """
     urls = _parse_urls(url_pairs)
-    directory = directory or fetch.cache_dir()
+    with cover_errors():  # an unusable folder fails here, once, before any download
+        if directory is None:
+            directory = fetch.checked_cache_dir(write=not check)
+        else:
+            problem = folder_problem(directory, write=not check)
+            if problem:
+                raise WeightsError(f"{directory}: {problem} (--dir)")
     failed = False
     for key, wf in fetch.FILES.items():
         if only not in (None, key):

@@ -11,24 +11,66 @@
   is refused up front when matplotlib is missing), :func:`quiet_option`.
 
 Each group is a decorator; the options arrive as keyword arguments named as below.
+
+Values are checked as they are parsed, so a bad command line fails in one line before any work:
+paths with :class:`CheckedPath` (a symlink loop, a NUL byte or a name too long is named as such,
+not as "does not exist"), devices with :class:`Device` (``cpu``, ``cuda``, ``cuda:N``), seeds and
+clip counts by range, and the combinations no backend can honour (``--backend tensorrt --device
+cpu``; ``--precision`` other than fp32 for a backend whose engines carry their own) by
+:func:`scoring_options` before the command body runs.
 """
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 from typing import Callable
 
 import click
+from click.core import ParameterSource
 
-from cover_engine.runtime.constants import CLIP_WEIGHTS, COLOUR_MODES, COVER_WEIGHTS, DEFAULT_COLOUR
+from cover_engine.runtime.constants import (CLIP_WEIGHTS, COLOUR_MODES, COVER_WEIGHTS,
+                                            DEFAULT_COLOUR, MAX_CLIPS, MAX_SEED)
+from cover_engine.runtime.folders import path_problem
 
 __all__ = ["weight_options", "scoring_options", "scorer_options", "colour_option", "csv_option",
-           "report_options",
-           "quiet_option", "BACKEND_CHOICES"]
+           "report_options", "quiet_option", "BACKEND_CHOICES", "CheckedPath", "Device"]
 
 #: ``--backend`` values; auto = TensorRT if usable, else ONNX Runtime.
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 
 Decorator = Callable[[Callable], Callable]
+
+
+class CheckedPath(click.Path):
+    """``click.Path`` that first names what makes a path unusable at all: a symlink loop, a NUL
+    byte, a name too long, a file used as a folder (click would say "does not exist")."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (str, Path)) and str(value) not in ("-", ""):
+            problem = path_problem(value)
+            if problem:
+                self.fail(f"{value}: {problem}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Device(click.ParamType):
+    """``cpu``, ``cuda`` or ``cuda:N`` (and ``auto`` where a command picks for itself): anything
+    else is refused here, not deep inside a backend (torch would raise, ONNX Runtime would have
+    run on the CPU)."""
+
+    name = "device"
+    _PATTERN = re.compile(r"^(cpu|cuda(:(0|[1-9][0-9]{0,2}))?)$")
+
+    def __init__(self, allow_auto: bool = False):
+        self.allow_auto = allow_auto
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if (self.allow_auto and text == "auto") or self._PATTERN.match(text):
+            return text
+        choices = "auto, cpu, cuda or cuda:N" if self.allow_auto else "cpu, cuda or cuda:N"
+        self.fail(f"{value!r} is not a device; use {choices} (N: the GPU's index)", param, ctx)
 
 
 def _group(*options: Decorator) -> Decorator:
@@ -45,22 +87,22 @@ def weight_options(*, random_default: bool = False) -> Decorator:
     ``--random-weights``: arguments ``weights``, ``clip_weights``, ``config``, ``random_weights``."""
     if random_default:
         weights = click.option(
-            "--weights", type=click.Path(dir_okay=False, path_type=Path),
+            "--weights", type=CheckedPath(dir_okay=False, path_type=Path),
             help=f"{COVER_WEIGHTS.name}: measure the real model (default: seeded random weights).")
     else:
         weights = click.option(
-            "--weights", type=click.Path(dir_okay=False, path_type=Path), envvar=COVER_WEIGHTS.env,
+            "--weights", type=CheckedPath(dir_okay=False, path_type=Path), envvar=COVER_WEIGHTS.env,
             help=f"{COVER_WEIGHTS.name} (default: ${COVER_WEIGHTS.env}, then the cover-fetch "
                  "cache).")
     options = [
         weights,
         click.option(
-            "--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
+            "--clip-weights", type=CheckedPath(dir_okay=False, path_type=Path),
             envvar=CLIP_WEIGHTS.env,
             help=f"OpenAI {CLIP_WEIGHTS.name}{', with --weights' if random_default else ''} "
                  f"(default: ${CLIP_WEIGHTS.env}, then the cache)."),
         click.option(
-            "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            "--config", type=CheckedPath(exists=True, dir_okay=False, path_type=Path),
             help="Model config JSON for non-official sizes (default: the official sizes"
                  + (")." if random_default else "; its weights must be named).")),
     ]
@@ -72,20 +114,50 @@ def weight_options(*, random_default: bool = False) -> Decorator:
     return _group(*options)
 
 
+def _check_scoring(ctx: click.Context, options: dict) -> None:
+    """Combinations of scoring options that no backend can honour, refused before any work."""
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+    backend, device = options.get("backend"), options.get("device")
+    if backend == "tensorrt" and device == "cpu" and given("device"):
+        raise click.BadParameter("--backend tensorrt runs on an NVIDIA GPU; use --device cuda[:N] "
+                                 "or --backend onnxruntime", param_hint="'--device'")
+    precision = options.get("precision")
+    if precision not in (None, "fp32") and backend != "torch" and given("precision"):
+        raise click.BadParameter(
+            f"{precision} applies to --backend torch; engine folders carry their own precision "
+            "(make an fp16 one with `cover-export --precision fp16`)", param_hint="'--precision'")
+
+
+def _checked(check: Callable[[click.Context, dict], None]) -> Decorator:
+    """Run ``check(ctx, options)`` on the parsed options before the command body."""
+    def wrap(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def checked(*args, **kwargs):
+            check(click.get_current_context(), kwargs)
+            return command(*args, **kwargs)
+        return checked
+    return wrap
+
+
 scoring_options: Decorator = _group(
+    _checked(_check_scoring),
     click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto",
                  show_default=True,
                  help="Inference backend; auto = TensorRT if usable, else ONNX Runtime."),
-    click.option("--engines", type=click.Path(file_okay=False, path_type=Path),
+    click.option("--engines", type=CheckedPath(file_okay=False, path_type=Path),
                  help="Folder written by cover-export (default: a cached export of the weights)."),
-    click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
+    click.option("--device", type=Device(), default="cpu", show_default=True,
+                 help="cpu, cuda or cuda:N; a GPU that is asked for and cannot be used is an "
+                      "error, never a silent CPU run."),
     click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
                  show_default=True, help="Torch backend precision (engines carry their own)."),
-    click.option("--seed", type=int, default=None,
-                 help="Random temporal/spatial offsets from this seed (default: deterministic "
-                      "middle of each range)."),
-    click.option("--clips", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="Average the scores of N sampled clips."),
+    click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
+                 help="Random temporal/spatial offsets from this seed, 0.."
+                      f"{MAX_SEED} (default: deterministic middle of each range)."),
+    click.option("--clips", type=click.IntRange(1, MAX_CLIPS), default=1, show_default=True,
+                 help=f"Average the scores of N sampled clips (at most {MAX_CLIPS})."),
 )
 """``--backend``, ``--engines``, ``--device``, ``--precision``, ``--seed``, ``--clips``."""
 
@@ -102,7 +174,7 @@ scorer_options: Decorator = _group(weight_options(), scoring_options, colour_opt
 
 def csv_option(help: str) -> Decorator:
     """``--csv FILE`` (argument ``csv_path``)."""
-    return click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+    return click.option("--csv", "csv_path", type=CheckedPath(dir_okay=False, path_type=Path),
                         help=help)
 
 
@@ -119,9 +191,9 @@ def _needs_matplotlib(ctx: click.Context, param: click.Parameter, value):
 def report_options(*, json_help: str, plot_help: str) -> Decorator:
     """``--json FILE`` and ``--plot FILE`` (arguments ``json_path``, ``plot_path``)."""
     return _group(
-        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+        click.option("--json", "json_path", type=CheckedPath(dir_okay=False, path_type=Path),
                      help=json_help),
-        click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+        click.option("--plot", "plot_path", type=CheckedPath(dir_okay=False, path_type=Path),
                      callback=_needs_matplotlib, help=plot_help + " (PNG; needs matplotlib)."),
     )
 

@@ -20,6 +20,7 @@ import click
 from cover_engine.runtime.cli.common import command, cover_errors, one_line
 from cover_engine.runtime.cli.options import csv_option, quiet_option, scorer_options
 from cover_engine.runtime.constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from cover_engine.runtime.folders import path_problem
 from cover_engine.runtime.results import FileScore
 
 __all__ = ["main", "expand_inputs", "format_table", "media_in_folder"]
@@ -38,7 +39,10 @@ def expand_inputs(args: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]
     missing: list[tuple[str, str]] = []
     for arg in args:
         path = Path(arg)
-        if path.is_dir():
+        problem = path_problem(path)  # a symlink loop, a NUL byte: not even "missing"
+        if problem:
+            missing.append((arg, problem))
+        elif path.is_dir():
             found, unreadable = media_in_folder(path)
             missing.extend(unreadable)
             if not found and not unreadable:
@@ -51,8 +55,9 @@ def expand_inputs(args: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]
             if not found:
                 missing.append((arg, "pattern matched no files"))
             files.extend(found)
-    seen: set[Path] = set()
-    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    seen: set[str] = set()  # os.path.realpath: Path.resolve raises on a symlink loop in a folder
+    unique = [f for f in files
+              if not (os.path.realpath(f) in seen or seen.add(os.path.realpath(f)))]
     return unique, missing
 
 
@@ -107,6 +112,10 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
 
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     files, failures = expand_inputs(paths)
+    if not files:  # nothing to score: say why per argument, without building a scorer
+        for name, why in failures:
+            click.echo(f"Error: {name}: {why}", err=True)
+        sys.exit(1)
     with cover_errors():
         scorer = make_scorer(backend, engines=engines, weights=weights, clip_weights=clip_weights,
                              device=device, precision=precision, seed=seed, clips=clips,

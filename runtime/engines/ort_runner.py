@@ -11,6 +11,7 @@ outputs against the manifest.
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Callable, ContextManager, Mapping, Optional, Sequence, Union
 
@@ -35,6 +36,8 @@ def select_providers(device: str = "cpu", providers: Union[None, str, Sequence] 
     ``providers`` may be a list as ONNX Runtime takes it, or ``"cpu"``, ``"cuda"`` or
     ``"tensorrt"`` (TensorRT, then CUDA, then CPU for what TensorRT leaves out).
     """
+    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", device):
+        raise EngineError(f"unknown device {device!r} for ONNX Runtime (use cpu, cuda or cuda:N)")
     available = list(ort.get_available_providers() if available is None else available)
     device_id = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
     if providers is None:
@@ -60,6 +63,16 @@ def select_providers(device: str = "cpu", providers: Union[None, str, Sequence] 
             raise EngineError(f"ONNX Runtime provider {name} is not available here{hint}; "
                               f"available: {', '.join(available)}")
     return chosen
+
+
+def _check_providers(requested: Sequence, active: Sequence[str], where: str) -> None:
+    """The session runs on the first provider asked for. ONNX Runtime quietly drops a provider
+    it cannot start (CUDA libraries missing, a CPU-only build) and runs on the CPU: refuse."""
+    first = requested[0][0] if isinstance(requested[0], tuple) else requested[0]
+    if first not in active:
+        raise EngineError(f"{where}: ONNX Runtime could not start {first} (it would have run on "
+                          f"{', '.join(active) or 'nothing'}); check the CUDA/cuDNN libraries "
+                          "onnxruntime-gpu needs, or use --device cpu")
 
 
 class OrtBackend:
@@ -100,6 +113,7 @@ class OrtBackend:
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise EngineError(f"{path}: ONNX Runtime cannot load it: "
                               f"{' '.join(str(exc).split())[:300]}") from None
+        _check_providers(self.providers, session.get_providers(), str(path))
         check_graph_metadata(graph, session.get_modelmeta().custom_metadata_map, str(path))
 
         def signature(tensors):
