@@ -283,3 +283,9 @@ def test_real_processes_print_one_line_and_no_traceback(loop, tmp_path):
                               capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
         assert proc.returncode == code and len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_a_symlink_loop_inside_a_folder_does_not_break_the_listing(tmp_path, loop):
+    (tmp_path / "real.mp4").write_bytes(b"x")
+    files, failures = cli_run.expand_inputs([str(tmp_path)])
+    assert sorted(f.name for f in files) == ["loop.mp4", "real.mp4"] and not failures
