@@ -28,7 +28,7 @@ from cover_engine.runtime.constants import BRANCHES, ViewSpec, views_for_inputs
 from cover_engine.runtime.media import decode
 from cover_engine.runtime.errors import CoverError, InputError, one_line
 from cover_engine.runtime.views.sampling import needed_frames
-from cover_engine.runtime.scoring import branch_scores
+from cover_engine.runtime.results import branch_scores
 from cover_engine.runtime.views.assemble import ViewAssembler, load_views, normalise, plan_views
 from . import report as rep
 from .clips import parse_resolution, write_clip

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS, ViewSpec, views_for_inputs
+from cover_engine.runtime.engines.base import Backend, check_views
 from cover_engine.runtime.errors import CoverError
 from .config import ModelConfig
 from .cover import COVER
@@ -74,7 +75,7 @@ def _check_device(device: str) -> None:
                          f"cuda:0..cuda:{count - 1}")
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """Runs the three branches with PyTorch; ``run`` maps numpy views to numpy score maps."""
 
     def __init__(self, *, config=None, weights=None, clip_weights=None, device: str = "cpu",
@@ -109,6 +110,12 @@ class TorchBackend:
         return {k: v.float() for k, v in maps.items()}
 
     def run(self, views: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_views(views)
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
                    for k, v in views.items()}
         return {k: v.cpu().numpy() for k, v in self.run_tensors(tensors).items()}
+
+    def close(self) -> None:
+        """Drop this backend's reference to the model (a shared model lives on elsewhere)."""
+        self.model = None
+        self._forward = None

@@ -56,9 +56,8 @@ from torch import nn
 from .. import __version__
 from cover_engine.runtime.constants import BRANCHES, CLIP_WEIGHTS, COVER_WEIGHTS, views_for_inputs
 from cover_engine.runtime.errors import EngineError, WeightsError
-from cover_engine.runtime.gpu.cuda import KERNEL_DIR
 from cover_engine.runtime.engines.identity import graph_metadata
-from cover_engine.runtime.gpu.pipeline import KERNEL_FILE
+from cover_engine.runtime.gpu.kernels import VIEW_KERNELS, kernel_path
 from cover_engine.runtime.engines.manifest import (BATCH, MODES, SCORE_RULES, FileRef, GraphEntry, Manifest,
                                 TensorSpec, write_manifest, MANIFEST_FILE)
 from .config import ModelConfig
@@ -572,8 +571,8 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
         why = "--no-engine" if engines is False else precision
         log(f"{step} TensorRT engines: not built ({why})")
 
-    kernels = out_dir / KERNEL_FILE  # for a C++ host: the view kernels, as they are
-    shutil.copyfile(KERNEL_DIR / KERNEL_FILE, kernels)
+    kernels = out_dir / VIEW_KERNELS  # for a C++ host: the view kernels, as they are
+    shutil.copyfile(kernel_path(VIEW_KERNELS), kernels)
     manifest = Manifest(
         name=name or out_dir.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         precision=precision, opset=opset, batch=batch, model=cfg.to_dict(),

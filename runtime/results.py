@@ -1,4 +1,10 @@
-"""Per-file scores and the crash-safe CSV they are written to, one row at a time.
+"""Per-file scores: how they are formed from score maps, and the crash-safe CSV they go to.
+
+Scores are formed here, once, for every backend and both paths (CPU views, GPU pipeline): a
+branch score is the mean of its score map, overall is semantic + technical + aesthetic
+(upstream's ``fuse_results``); with several clips each score is averaged over the clips
+(:func:`branch_scores`, :func:`file_score`). Raw scores are unbounded and may be negative, as
+upstream's are.
 
 Long runs (a dataset of 10,000 videos) must survive being killed: every row is flushed and
 fsynced before the next file starts, so a crash loses at most the file in flight. The file is only
@@ -14,14 +20,22 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Protocol, Sequence
 
-from cover_engine.runtime.constants import DEFAULT_COLOUR
+import numpy as np
+
+from cover_engine.runtime.constants import BRANCHES, DEFAULT_COLOUR
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.durable import fsync_dir
+from cover_engine.runtime.errors import InputError
+
+__all__ = ["FileScore", "FileScorer", "branch_scores", "file_score", "SCORE_COLUMNS",
+           "score_columns", "read_rows", "RowLog", "ScoreCsvWriter"]
 
 #: Columns of every score CSV, in order; callers may append extra columns (``cover-eval``: mos).
 SCORE_COLUMNS: tuple[str, ...] = (
@@ -79,6 +93,43 @@ class FileScore:
             seconds=float(row["seconds"]),
             colour=row["colour"],
         )
+
+
+class FileScorer(Protocol):
+    """Anything that scores a file: the CPU-view :class:`~cover_engine.runtime.scoring.Scorer`,
+    the :class:`~cover_engine.runtime.gpu.pipeline.GpuPipeline`, a test's fake."""
+
+    name: str
+
+    def score(self, path) -> FileScore: ...
+
+
+def branch_scores(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per batch item: each branch's mean score and the overall sum, as float64 arrays ``(B,)``."""
+    scores = {b: maps[b].astype(np.float64).reshape(maps[b].shape[0], -1).mean(axis=1)
+              for b in BRANCHES}
+    scores["overall"] = scores["semantic"] + scores["technical"] + scores["aesthetic"]
+    return scores
+
+
+def file_score(path, maps: Mapping[str, np.ndarray], info, backend: str,
+               started: float, colour: str = DEFAULT_COLOUR) -> FileScore:
+    """The :class:`FileScore` of one file from its score maps (clip scores averaged); ``info``
+    is the file's :class:`~cover_engine.runtime.media.decode.MediaInfo`, ``started`` the
+    ``time.perf_counter()`` reading when its scoring began, ``colour`` the conversion used.
+
+    A NaN or infinite score is never reported: the file fails with :class:`InputError` (the
+    batch goes on), whatever made the model overflow (the input, or weights at their limits).
+    """
+    mean = {k: float(v.mean()) for k, v in branch_scores(maps).items()}
+    bad = [f"{k} = {v}" for k, v in mean.items() if not math.isfinite(v)]
+    if bad:
+        raise InputError(f"{path}: the model gave a non-finite score ({', '.join(bad)}); "
+                         "not reported")
+    return FileScore(path=str(path), semantic=mean["semantic"], technical=mean["technical"],
+                     aesthetic=mean["aesthetic"], overall=mean["overall"],
+                     frames=int(info.num_frames), resolution=f"{info.width}x{info.height}",
+                     backend=backend, seconds=time.perf_counter() - started, colour=colour)
 
 
 def score_columns(extra: Iterable[str] = ()) -> tuple[str, ...]:

@@ -1,32 +1,23 @@
-"""From a file to COVER scores: views -> backend -> score maps -> branch and overall scores.
+"""From a file to COVER scores: choose a backend, make the views, run, form the scores.
 
-Scores are formed here, once, for every backend: a branch score is the mean of its score map,
-overall is semantic + technical + aesthetic (upstream's ``fuse_results``); with ``clips > 1``
-each branch score is averaged over the clips. Raw scores are unbounded and may be negative, as
-upstream's are.
+:func:`make_scorer` is the entry point of ``cover-run``, ``cover-eval`` and the package root's
+API. It returns a scorer -- ``score(path) -> FileScore``, ``close()``, usable in ``with`` --
+either :class:`Scorer` (views made on the CPU, any backend) or, for TensorRT, the GPU pipeline
+(:class:`~cover_engine.runtime.gpu.pipeline.GpuPipeline`). How maps become scores is
+:func:`~cover_engine.runtime.results.file_score`, shared by both.
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
-import numpy as np
-
-from cover_engine.runtime.engines.base import Backend, backend_class
-from cover_engine.runtime.constants import BRANCHES, COLOUR_MODES, DEFAULT_COLOUR
-from cover_engine.runtime.errors import InputError
-from cover_engine.runtime.results import FileScore
+from cover_engine.runtime.constants import COLOUR_MODES, DEFAULT_COLOUR
+from cover_engine.runtime.engines.base import Backend, DeviceBackend, backend_class
+from cover_engine.runtime.results import FileScore, FileScorer, file_score
 from cover_engine.runtime.views.assemble import load_views
 
-
-def branch_scores(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per batch item: each branch's mean score and the overall sum, as float64 arrays ``(B,)``."""
-    scores = {b: maps[b].astype(np.float64).reshape(maps[b].shape[0], -1).mean(axis=1)
-              for b in BRANCHES}
-    scores["overall"] = scores["semantic"] + scores["technical"] + scores["aesthetic"]
-    return scores
+__all__ = ["Scorer", "make_scorer", "make_backend", "ensure_cached_engines"]
 
 
 class Scorer:
@@ -60,23 +51,15 @@ class Scorer:
             except Exception as exc:  # reported for this file; the batch goes on
                 yield path, exc
 
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
 
-def file_score(path, maps: Mapping[str, np.ndarray], info, backend: str,
-               started: float, colour: str = DEFAULT_COLOUR) -> FileScore:
-    """The :class:`FileScore` of one file from its score maps (clip scores averaged).
+    def __enter__(self) -> "Scorer":
+        return self
 
-    A NaN or infinite score is never reported: the file fails with :class:`InputError` (the
-    batch goes on), whatever made the model overflow (the input, or weights at their limits).
-    """
-    mean = {k: float(v.mean()) for k, v in branch_scores(maps).items()}
-    bad = [f"{k} = {v}" for k, v in mean.items() if not math.isfinite(v)]
-    if bad:
-        raise InputError(f"{path}: the model gave a non-finite score ({', '.join(bad)}); "
-                         "not reported")
-    return FileScore(path=str(path), semantic=mean["semantic"], technical=mean["technical"],
-                     aesthetic=mean["aesthetic"], overall=mean["overall"],
-                     frames=int(info.num_frames), resolution=f"{info.width}x{info.height}",
-                     backend=backend, seconds=time.perf_counter() - started, colour=colour)
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
@@ -154,34 +137,14 @@ def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
 def make_scorer(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
                 device: str = "cpu", precision: str = "fp32", seed: Optional[int] = None,
                 clips: int = 1, config=None, random_weights: bool = False, log=print,
-                colour: str = DEFAULT_COLOUR) -> Scorer:
-    """A :class:`Scorer` over :func:`make_backend` (the entry point for cover-run and cover-eval);
+                colour: str = DEFAULT_COLOUR) -> FileScorer:
+    """A scorer over :func:`make_backend`: the GPU pipeline for TensorRT, else :class:`Scorer`;
     ``colour`` is the YUV -> RGB conversion (``constants.COLOUR_MODES``)."""
     chosen = make_backend(backend, engines=engines, weights=weights, clip_weights=clip_weights,
                           device=device, precision=precision, config=config,
                           random_weights=random_weights, log=log)
-    if chosen.name.startswith("tensorrt"):
-        return GpuScorer(chosen, seed=seed, clips=clips, log=log, colour=colour)
-    return Scorer(chosen, seed=seed, clips=clips, colour=colour)
-
-
-class GpuScorer:
-    """The GPU path: NVDEC decoding and the view kernels feeding TensorRT (see ``gpu_views``)."""
-
-    def __init__(self, backend: Backend, *, seed: Optional[int] = None, clips: int = 1, log=print,
-                 colour: str = DEFAULT_COLOUR):
+    if isinstance(chosen, DeviceBackend):
         from cover_engine.runtime.gpu.pipeline import GpuPipeline
 
-        self.pipeline = GpuPipeline(backend, log=log)
-        self.name = backend.name
-        self.seed = seed
-        self.clips = clips
-        self.colour = colour
-
-    def score(self, path) -> FileScore:
-        return self.pipeline.score(path, seed=self.seed, clips=self.clips, colour=self.colour)
-
-    def score_many(self, paths: Iterable) -> Iterator[tuple[object, Union[FileScore, Exception]]]:
-        """As :meth:`Scorer.score_many`, decoding each file while the one before is inferred."""
-        return self.pipeline.score_many(paths, seed=self.seed, clips=self.clips,
-                                        colour=self.colour)
+        return GpuPipeline(chosen, seed=seed, clips=clips, log=log, colour=colour)
+    return Scorer(chosen, seed=seed, clips=clips, colour=colour)

@@ -319,7 +319,7 @@ def test_backend_keeps_several_batches_in_flight(fake_gpu, folder):
 def test_backend_rejects_views_it_has_no_engine_for(fake_gpu, folder):
     backend = bt.TrtBackend(folder)
     views = _views(1, 0)
-    with pytest.raises(InputError, match="match none of the engines' inputs"):
+    with pytest.raises(InputError, match="match none of the engine's inputs"):
         backend.run({**views, "technical": views["technical"][:, :, :4]})
     with pytest.raises(InputError, match="views missing for branch"):
         backend.run({"semantic": views["semantic"]})
@@ -340,7 +340,7 @@ class HostDecoder:
     def decode(self, path, indices, info, *, stream, colour="decord"):
         import av
 
-        from cover_engine.runtime.gpu.pipeline import HostFrames, semi_planar
+        from cover_engine.runtime.gpu.emulation import HostFrames, semi_planar
         from cover_engine.runtime.media.colour import frame_conversion
 
         wanted, planes = [int(i) for i in indices], {}
@@ -371,7 +371,7 @@ class EmulatedKernels:
 
     def launch(self, frames, tables, out_ptr, out_dtype, out_shape, stream):
         from cover_engine.runtime.gpu.nvdec import DeviceFrames
-        from cover_engine.runtime.gpu.pipeline import HostFrames, emulate_view
+        from cover_engine.runtime.gpu.emulation import HostFrames, emulate_view
 
         if isinstance(frames, DeviceFrames):
             planes = [frames.download(s) for s in range(len(frames.indices))]
@@ -385,7 +385,7 @@ class EmulatedKernels:
 
 
 def _cpu_scores(backend, video, seed, clips):
-    from cover_engine.runtime.scoring import branch_scores
+    from cover_engine.runtime.results import branch_scores
     from cover_engine.runtime.views.assemble import load_views
 
     views, _ = load_views(video, backend.specs, seed=seed, clips=clips)
@@ -412,9 +412,10 @@ def test_gpu_pipeline_wiring_gives_the_cpu_scores(pipeline_parts, folder, tmp_pa
     video = _encode_h264(tmp_path / "clip.mp4")
     backend = bt.TrtBackend(folder)
     decoder, notices = HostDecoder(), []
-    pipeline = gpu_views.GpuPipeline(backend, decoder=decoder, log=notices.append)
     for seed, clips in ((None, 1), (4, 2)):
-        got = pipeline.score(video, seed=seed, clips=clips)
+        pipeline = gpu_views.GpuPipeline(backend, seed=seed, clips=clips, decoder=decoder,
+                                         log=notices.append)
+        got = pipeline.score(video)
         for field, value in _cpu_scores(backend, video, seed, clips).items():
             assert getattr(got, field) == pytest.approx(value, rel=1e-6), (seed, field)
         assert got.backend == "tensorrt-fp16+nvdec"
@@ -439,9 +440,9 @@ def test_nvdec_pipeline_gives_the_cpu_scores(pipeline_parts, folder, tmp_path):
                                   options={"deadline": "realtime", "cpu-used": "8"}))
     backend = bt.TrtBackend(folder)
     notices = []
-    pipeline = gpu_views.GpuPipeline(backend, log=notices.append)
+    pipeline = gpu_views.GpuPipeline(backend, seed=3, clips=2, log=notices.append)
     for video in videos:
-        got = pipeline.score(video, seed=3, clips=2)
+        got = pipeline.score(video)
         for field, value in _cpu_scores(backend, video, 3, 2).items():
             assert getattr(got, field) == pytest.approx(value, rel=1e-6), (video.name, field)
         assert got.backend == "tensorrt-fp16+nvdec", video.name
@@ -521,12 +522,12 @@ def test_views_and_frames_come_from_the_pool(pipeline_parts, folder, tmp_path, m
 
     video = _encode_h264(tmp_path / "clip.mp4", frames=16)
     backend = bt.TrtBackend(folder, in_flight=2)
-    pipeline = gpu_views.GpuPipeline(backend, log=lambda m: None)
+    pipeline = gpu_views.GpuPipeline(backend, clips=2, log=lambda m: None)
     for _ in range(2):  # warm: both slots, their buffers, the pool's frame buffers
-        pipeline.score(video, clips=2)
+        pipeline.score(video)
     made, freed = gpu_fakes.FakeBuffer.made, gpu_fakes.FakeBuffer.freed
     for _ in range(4):
-        list(pipeline.score_many([video, video], clips=2))
+        list(pipeline.score_many([video, video]))
     assert (gpu_fakes.FakeBuffer.made, gpu_fakes.FakeBuffer.freed) == (made, freed)
     # held by the slots until reused: per file the frames, their address table, 3 view tables
     assert pipeline.decoder.pool.leased <= 5 * len(backend._slots)
@@ -615,9 +616,9 @@ def test_nvdec_pipeline_scores_like_the_cpu_path(trt_folder, tmp_path, nvdec_req
     cpu = [Scorer(OrtBackend(trt_folder), clips=2).score(p) for p in paths]
     notices = []
     backend = bt.TrtBackend(trt_folder)
-    pipeline = GpuPipeline(backend, log=notices.append)
-    got = pipeline.score(paths[0], clips=2)
-    many = list(pipeline.score_many(paths, clips=2))
+    pipeline = GpuPipeline(backend, clips=2, log=notices.append)
+    got = pipeline.score(paths[0])
+    many = list(pipeline.score_many(paths))
     assert notices == [], notices
     assert pipeline.nvdec_files == 1 + len(paths) and pipeline.cpu_files == 0
     assert got.backend.endswith("+nvdec")

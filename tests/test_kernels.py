@@ -2,7 +2,7 @@
 they make the CPU views from NVDEC frames.
 
 Without a GPU the kernels' arithmetic is checked through its numpy emulation
-(``gpu_views.emulate_view``: same tables, same float32 operations, same rounding), which must
+(``gpu.emulation.emulate_view``: same tables, same float32 operations, same rounding), which must
 equal the CPU views exactly; on a GPU the kernels are held to the CPU views.
 """
 from __future__ import annotations
@@ -19,17 +19,20 @@ import pytest
 from media import has_encoder, pattern, write_video
 
 from cover_engine.runtime.gpu import cuda as gpu
+from cover_engine.runtime.gpu import kernels as kernel_files
 from cover_engine.runtime.media.colour import (frame_conversion, sws_conversion, sws_rgb,
                                                yuv_to_rgb, yuv_to_rgb_coefficients)
 from cover_engine.runtime.constants import OFFICIAL_VIEWS, ViewSpec
 from cover_engine.runtime.media.decode import probe
-from cover_engine.runtime.gpu.pipeline import (HostFrames, RgbFrames, _packed_tables, emulate_levels,
-                                            emulate_view, semi_planar, view_tables)
+from cover_engine.runtime.gpu.emulation import (HostFrames, RgbFrames, emulate_levels,
+                                                 emulate_view, semi_planar)
+from cover_engine.runtime.gpu.pipeline import _packed_tables
+from cover_engine.runtime.gpu.tables import view_tables
 from cover_engine.runtime.views.geometry import fragment_grid
 from cover_engine.runtime.views.sampling import clip_rng, needed_frames
 from cover_engine.runtime.views.assemble import build_views, load_views, plan_views
 
-KERNELS = sorted(gpu.KERNEL_DIR.glob("*.cu"))
+KERNELS = sorted(kernel_files.KERNEL_DIR.glob("*.cu"))
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 ENTRY_POINTS = ("cover_resize_view", "cover_fragments_view")
@@ -90,7 +93,7 @@ def test_kernel_arithmetic_does_not_depend_on_contraction(source, tmp_path):
 
 @needs_nvrtc
 def test_kernels_compile_with_nvrtc():
-    source = gpu.kernel_source("views.cu")
+    source = kernel_files.kernel_source("views.cu")
     cubin = gpu.nvrtc_compile(source, "views.cu", "sm_80")
     assert cubin[:4] == b"\x7fELF"
     ptx = gpu.nvrtc_compile(source, "views.cu", "compute_75").decode(errors="replace")
@@ -307,7 +310,7 @@ def test_packed_tables_keep_every_part_aligned_and_intact():
 def _c_parameters(kernel: str) -> list[tuple[str, str]]:
     """``(kind, name)`` of each parameter of an ``extern "C"`` kernel in views.cu; kind is
     ``ptr``, ``int32``, ``int64`` or ``float32``."""
-    source = gpu.kernel_source("views.cu")
+    source = kernel_files.kernel_source("views.cu")
     match = re.search(rf'extern "C" __global__ void {kernel}\((.*?)\)\s*{{', source, re.S)
     params = []
     for decl in " ".join(match.group(1).split()).split(","):

@@ -33,7 +33,7 @@ from cover_engine.runtime.errors import EngineError
 from cover_engine.runtime.engines.manifest import (MANIFEST_FILE, MANIFEST_SCHEMA, FileRef,
                                                   load_manifest, write_manifest)
 from cover_engine.runtime.hashing import sha256_file
-from cover_engine.runtime.scoring import branch_scores
+from cover_engine.runtime.results import branch_scores
 
 pytestmark = pytest.mark.vectors
 

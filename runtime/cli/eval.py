@@ -19,9 +19,10 @@ import click
 
 from cover_engine.runtime.cli.common import command, cover_errors
 from cover_engine.runtime.cli.options import CheckedPath, csv_option, report_options, scorer_options
-from cover_engine.runtime.eval.evaluate import (Scorer, evaluate, format_report, plot_fit,
+from cover_engine.runtime.eval.evaluate import (evaluate, format_report, plot_fit,
                                                 report_dict, write_rescaled)
 from cover_engine.runtime.eval.labels import FORMATS, check_distinct_files, read_labels
+from cover_engine.runtime.results import FileScorer
 
 __all__ = ["main", "default_csv", "build_scorer"]
 
@@ -33,7 +34,7 @@ def default_csv(labels: Path) -> Path:
     return folder / name if os.access(folder, os.W_OK) else Path.cwd() / name
 
 
-def build_scorer(**options) -> Scorer:
+def build_scorer(**options) -> FileScorer:
     """The real scoring pipeline (imported here so a finished run is re-reported without it)."""
     from cover_engine.runtime.scoring import make_scorer
 

@@ -155,6 +155,7 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
             progress.close()
         if writer is not None:
             writer.close()
+        scorer.close()
 
     if rows and not as_json:
         click.echo(format_table(rows))

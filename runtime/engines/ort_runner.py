@@ -19,9 +19,10 @@ import numpy as np
 import onnxruntime as ort
 
 from cover_engine.runtime.constants import BRANCHES, ViewSpec
-from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.engines.base import FolderBackend, check_views
 from cover_engine.runtime.engines.identity import check_graph_metadata
-from cover_engine.runtime.engines.manifest import MANIFEST_FILE, GraphEntry, Manifest, check_io, load_manifest
+from cover_engine.runtime.engines.manifest import GraphEntry, Manifest, check_io, load_manifest
+from cover_engine.runtime.errors import EngineError
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 _SHORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -75,7 +76,7 @@ def _check_providers(requested: Sequence, active: Sequence[str], where: str) -> 
                           "onnxruntime-gpu needs, or use --device cpu")
 
 
-class OrtBackend:
+class OrtBackend(FolderBackend):
     """The three graphs of an engine folder as one backend: ``run(views) -> score maps``.
 
     Graphs are loaded per mode (video clips, single images) on first use; a view set is routed to
@@ -123,27 +124,8 @@ class OrtBackend:
                  str(path))
         return session
 
-    def mode_for(self, views: Mapping[str, np.ndarray]) -> str:
-        """The mode whose view inputs have these shapes (batch aside), or InputError."""
-        for mode in self.manifest.modes:
-            if all(tuple(np.shape(views[b])[1:]) ==
-                   tuple(self._view_input(self.manifest.graph(mode, b)).shape[1:])
-                   for b in BRANCHES):
-                return mode
-        got = {b: list(np.shape(views[b])) for b in BRANCHES}
-        if "image" not in self.manifest.modes and all(np.shape(views[b])[2:3] == (1,)
-                                                       for b in BRANCHES):
-            raise InputError(f"{self.engine_dir}: has no image graphs (exported with "
-                             "--no-images); export again with images to score single images")
-        want = {m: {b: list(self._view_input(self.manifest.graph(m, b)).shape) for b in BRANCHES}
-                for m in self.manifest.modes}
-        raise InputError(f"view shapes {got} match none of the engine's inputs {want} "
-                         f"({self.engine_dir / MANIFEST_FILE})")
-
     def run(self, views: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [b for b in BRANCHES if b not in views]
-        if missing:
-            raise InputError(f"views missing for branch(es) {', '.join(missing)}")
+        check_views(views)
         mode = self.mode_for(views)
         sessions = self._session_set(mode)
         maps: dict[str, np.ndarray] = {}
@@ -162,6 +144,6 @@ class OrtBackend:
             maps[branch] = outputs["score_map"].astype(np.float32, copy=False)
         return maps
 
-    @staticmethod
-    def _view_input(graph: GraphEntry):
-        return next(t for t in graph.inputs if t.source == "view")
+    def close(self) -> None:
+        """Drop the ONNX Runtime sessions (their memory goes with them)."""
+        self._sessions.clear()

@@ -1,6 +1,6 @@
 """``--backend tensorrt``: runs the TensorRT engines of an engine folder (TensorRT 10 API).
 
-Everything follows the manifest (:mod:`.manifest`): which engine serves which branch and mode,
+Everything follows the manifest (:mod:`cover_engine.runtime.engines.manifest`): which engine serves which branch and mode,
 and each engine's tensors by *name* -- inputs are bound with ``set_input_shape`` /
 ``set_tensor_address`` by the names the manifest lists, never by position. Before anything runs,
 the TensorRT version and GPU recorded at build time are checked against this machine
@@ -17,9 +17,10 @@ clips are in flight at once: each *slot* owns its execution contexts, buffers, s
 pinned output memory, and :meth:`TrtBackend.submit` returns at once with a :class:`Pending`
 result.
 
-The GPU preprocessing (:mod:`~cover_engine.runtime.gpu.pipeline`) writes views straight into a
-slot's input buffers (:meth:`TrtBackend.acquire` / :meth:`TrtBackend.enqueue`), so decoded
-frames never leave the GPU.
+The GPU path (:mod:`cover_engine.runtime.gpu.pipeline`) writes views straight into a slot's
+input buffers (:meth:`TrtBackend.acquire` / :meth:`TrtBackend.enqueue`, the
+:class:`~cover_engine.runtime.engines.base.DeviceBackend` calls), so decoded frames never leave
+the GPU.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import numpy as np
 from cover_engine.runtime.gpu import cuda as gpu
 from cover_engine.runtime.constants import BRANCHES, ViewSpec
 from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.engines.base import DeviceBackend, check_views
 from cover_engine.runtime.engines.identity import check_engine_name
 from cover_engine.runtime.engines.manifest import GraphEntry, Manifest, check_io, check_tensorrt, load_manifest
 
@@ -377,7 +379,7 @@ class Pending:
         return self._maps
 
 
-class TrtBackend:
+class TrtBackend(DeviceBackend):
     """The three TensorRT engines of a folder as one backend (see the module docstring)."""
 
     def __init__(self, engine_dir: Union[str, Path], *, device: str = "cuda",
@@ -423,16 +425,6 @@ class TrtBackend:
                       "running TensorRT without graphs")
         self.cuda_graphs = False
 
-    def mode_for(self, views: Mapping[str, np.ndarray]) -> str:
-        """The mode whose view inputs have these shapes (batch aside)."""
-        for mode in self.manifest.modes:
-            shapes = {b: buffer_layout(self._graphs(mode), 1)[f"view:{b}"][0][1:] for b in BRANCHES}
-            if all(tuple(np.shape(views[b])[1:]) == shapes[b] for b in BRANCHES):
-                return mode
-        got = {b: list(np.shape(views[b])) for b in BRANCHES}
-        raise InputError(f"view shapes {got} match none of the engines' inputs "
-                         f"({self.engine_dir / 'manifest.json'})")
-
     # ------------------------------------------------------------------ running
     def acquire(self, batch: int, mode: str = "video") -> _Slot:
         """The next free slot, bound for ``batch`` items of ``mode``. Its earlier result (if
@@ -451,9 +443,7 @@ class TrtBackend:
 
     def submit(self, views: Mapping[str, np.ndarray]) -> Pending:
         """Start scoring host views ``{branch: (B, 3, T, H, W)}``; returns at once."""
-        missing = [b for b in BRANCHES if b not in views]
-        if missing:
-            raise InputError(f"views missing for branch(es) {', '.join(missing)}")
+        check_views(views)
         batch = int(np.shape(views[BRANCHES[0]])[0])
         slot = self.acquire(batch, self.mode_for(views))
         slot.upload(views)

@@ -22,7 +22,7 @@ from cover_engine.runtime.constants import BRANCHES
 from cover_engine.runtime.errors import CoverError, InputError
 from cover_engine.runtime.eval.labels import LabelItem, locate
 from cover_engine.runtime.eval.metrics import Metrics, compute_metrics, rank_unit, to_percent, zscore
-from cover_engine.runtime.results import FileScore, RowLog, ScoreCsvWriter, score_columns
+from cover_engine.runtime.results import FileScore, FileScorer, RowLog, ScoreCsvWriter, score_columns
 
 #: Extra columns of the per-video CSV: the label's MOS is kept beside the scores.
 EVAL_EXTRA = ("mos",)
@@ -34,10 +34,6 @@ TARGETS = ("overall",) + BRANCHES
 #: Stop after this many videos in a row fail with unexpected (non-input) errors: that is a broken
 #: setup, not a broken dataset. The run can be resumed once it is fixed.
 MAX_CONSECUTIVE_ERRORS = 20
-
-
-class Scorer(Protocol):
-    def score(self, path) -> FileScore: ...
 
 
 @dataclass
@@ -83,7 +79,7 @@ def errors_path_for(csv_path: Path) -> Path:
     return csv_path.with_name(csv_path.stem + ".errors.csv")
 
 
-def evaluate(items: Sequence[LabelItem], scorer: Union[Scorer, Callable[[], Scorer]], csv_path,
+def evaluate(items: Sequence[LabelItem], scorer: Union[FileScorer, Callable[[], FileScorer]], csv_path,
              *, root=".", resume: bool = False, progress: Optional[bool] = None) -> EvalRun:
     """Score every labelled item not yet in ``csv_path``, appending one durable row per video.
 

@@ -16,16 +16,12 @@ from __future__ import annotations
 import ctypes
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 from cover_engine.runtime.errors import GpuError, KernelCompileError
-
-#: Folder of the ``.cu`` sources (package data).
-KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
-
+from cover_engine.runtime.gpu.kernels import kernel_source
 
 @functools.lru_cache(maxsize=1)
 def cuda_api():
@@ -383,11 +379,6 @@ def copy_2d(dst: int, dst_pitch: int, src: int, src_pitch: int, width_bytes: int
 
 
 # --------------------------------------------------------------------------- NVRTC and launches
-
-
-def kernel_source(name: str) -> str:
-    """Text of ``runtime/gpu/kernels/<name>`` (installed as package data)."""
-    return (KERNEL_DIR / name).read_text()
 
 
 def nvrtc_version() -> tuple[int, int]:

@@ -325,7 +325,8 @@ def assemble_frames(sources: Sequence[tuple[int, int, int, int]], indices: Seque
 
 def upload_frames(host, indices: Sequence[int], stream: gpu.Stream,
                   pool: Optional[gpu.DevicePool] = None) -> DeviceFrames:
-    """Device copies of host frames in the kernels' layout (a :class:`~.pipeline.HostFrames`,
+    """Device copies of host frames in the kernels' layout (a
+    :class:`~cover_engine.runtime.gpu.emulation.HostFrames`,
     e.g. planes decoded on the CPU); synchronous, so ``host`` may go at once."""
     luma, chroma = [np.ascontiguousarray(p) for p in host.luma], \
         [np.ascontiguousarray(p) for p in host.chroma]

@@ -39,9 +39,12 @@ def take(frame, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return frame.take(rows, cols)
 
 
-def _fma(a: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """float32 ``a * w + c`` with one rounding (to within a float32 tie, see above)."""
-    out = np.multiply(a, w.astype(np.float64), dtype=np.float64)
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 ``a * b + c`` rounded once, as CUDA's ``__fmaf_rn``: the float32 product is exact
+    in float64, the sum is rounded there and then to float32 (which differs from a true fma only
+    when that second rounding meets an exact float32 tie). The GPU kernels' emulation uses this
+    very function."""
+    out = np.multiply(a, b.astype(np.float64), dtype=np.float64)
     out += c
     return out.astype(np.float32)
 
@@ -57,9 +60,9 @@ def _interpolate(frame, rows: AxisTable, cols: AxisTable, prescale: bool) -> np.
     wy1, wy0 = rows.weight[:, None, None], rows.weight0[:, None, None]
     x0 = np.take(x, np.searchsorted(need_r, rows.index0), axis=0)
     x1 = np.take(x, np.searchsorted(need_r, rows.index1), axis=0)
-    top = _fma(np.take(x0, c0, axis=1), wx0, np.take(x0, c1, axis=1) * wx1)
-    bottom = _fma(np.take(x1, c0, axis=1), wx0, np.take(x1, c1, axis=1) * wx1)
-    return _fma(top, wy0, bottom * wy1)
+    top = fma32(np.take(x0, c0, axis=1), wx0, np.take(x0, c1, axis=1) * wx1)
+    bottom = fma32(np.take(x1, c0, axis=1), wx0, np.take(x1, c1, axis=1) * wx1)
+    return fma32(top, wy0, bottom * wy1)
 
 
 def resize(frame, rows: AxisTable, cols: AxisTable) -> np.ndarray:
