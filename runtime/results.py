@@ -97,7 +97,11 @@ class FileScore:
 
 class FileScorer(Protocol):
     """Anything that scores a file: the CPU-view :class:`~cover_engine.runtime.scoring.Scorer`,
-    the :class:`~cover_engine.runtime.gpu.pipeline.GpuPipeline`, a test's fake."""
+    the :class:`~cover_engine.runtime.gpu.pipeline.GpuPipeline`, a test's fake.
+
+    Both real scorers also have ``score_many(paths)`` (``(path, FileScore or exception)`` in
+    order, a failure never stopping the batch), ``close()`` and ``with`` support.
+    """
 
     name: str
 

@@ -146,6 +146,9 @@ def test_a_batch_goes_through_score_many_in_order(tmp_path, monkeypatch):
                                           aesthetic=0.0, overall=k, frames=1,
                                           resolution="2x2", backend="fake", seconds=0.0)
 
+        def close(self):
+            pass
+
     monkeypatch.setattr(scoring, "make_scorer", lambda *a, **k: Scorer())
     result = CliRunner().invoke(main, [str(tmp_path), "--json", "-q"])
     assert result.exit_code == 1
