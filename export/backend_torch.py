@@ -8,8 +8,7 @@ scaled-dot-product attention, and optionally ``torch.compile``.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -17,20 +16,11 @@ import torch
 from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS, ViewSpec, views_for_inputs
 from cover_engine.runtime.engines.base import Backend, check_views
 from cover_engine.runtime.errors import CoverError
-from .config import ModelConfig
+from .config import ModelConfig, resolve_config
 from .cover import COVER
 from .weights import load_model
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_config(config: Union[None, str, Path, dict, ModelConfig]) -> ModelConfig:
-    """A ModelConfig from nothing (official sizes), a JSON file, a dict or a config."""
-    if config is None:
-        return ModelConfig.official()
-    if isinstance(config, ModelConfig):
-        return config
-    return ModelConfig.from_json(config)
 
 
 def build_model(config=None, *, weights=None, clip_weights=None, random_weights: bool = False,

@@ -2,7 +2,7 @@
 
 Every size the model code needs comes from here, so the same code builds the official model, the
 small reference-vector model and any test configuration. The dataclass defaults are the official
-sizes (COVER_SPEC.md section 1): ``ModelConfig()`` is ``ModelConfig.official()``.
+sizes (docs/cover-behaviour.md section 1): ``ModelConfig()`` is ``ModelConfig.official()``.
 """
 from __future__ import annotations
 
@@ -180,6 +180,16 @@ class ModelConfig:
         if self.seed is None:
             del d["seed"]
         return d
+
+
+def resolve_config(config: Union[None, str, Path, Mapping[str, Any], "ModelConfig"]) -> "ModelConfig":
+    """A ModelConfig from nothing (official sizes), a JSON file, a dict or a config: the one
+    place every entry point (export, torch backend, benchmark) turns ``--config`` into a model."""
+    if config is None:
+        return ModelConfig.official()
+    if isinstance(config, ModelConfig):
+        return config
+    return ModelConfig.from_json(config)
 
 
 def _sub_config(cls, d: Mapping[str, Any], where: str):

@@ -5,7 +5,7 @@ ONNX file, make a builder config, build a serialized engine, save it.
 
 * Precision comes from the graph: the network is created **strongly typed**, so TensorRT keeps
   the types the ONNX graph spells out -- fp16 everywhere except the fp32 LayerNorm, softmax and
-  reductions of :func:`~.onnx_export.convert_to_fp16` -- exactly what ONNX Runtime verified.
+  reductions of :func:`~.onnx_passes.convert_to_fp16` -- exactly what ONNX Runtime verified.
   (Strong typing is TensorRT 10's recommended mode and the only one in TensorRT 11, where
   ``BuilderFlag.FP16`` is gone.) An fp32 graph is built with TF32 off, to stay within the fp32
   tolerance.
@@ -28,19 +28,11 @@ from typing import Callable, Mapping, Optional, Sequence
 from cover_engine.runtime.errors import EngineError
 from cover_engine.runtime.engines.identity import engine_name
 from cover_engine.runtime.engines.manifest import EngineRef, FileRef, GraphEntry, TensorRTInfo, TensorSpec
+from cover_engine.runtime.engines.trt_runner import import_tensorrt  # noqa: F401 (used as trt_build.import_tensorrt)
 
 PROFILE_KEYS = ("min", "opt", "max")
 
 Profiles = dict[str, dict[str, tuple[int, ...]]]
-
-
-def import_tensorrt():
-    """The ``tensorrt`` module, or None when it is not installed."""
-    try:
-        import tensorrt
-    except ImportError:
-        return None
-    return tensorrt
 
 
 def profile_shapes(inputs: Sequence[TensorSpec], batch: Mapping[str, int]) -> Profiles:

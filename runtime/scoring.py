@@ -91,11 +91,11 @@ def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weig
 
 def _tensorrt_usable(engine_dir: Path) -> bool:
     """True when TensorRT imports and the folder holds engines built for it."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
     from cover_engine.runtime.engines.manifest import load_manifest
+    from cover_engine.runtime.engines.trt_runner import import_tensorrt
+
+    if import_tensorrt(required=False) is None:
+        return False
 
     return bool(load_manifest(engine_dir).engines)
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cover_engine.export import onnx_export, trt_build
+from cover_engine.export import graphs, onnx_export, onnx_passes, trt_build
 from cover_engine.export.backend_torch import TorchBackend
 from cover_engine.runtime.cli.export import main as export_main
 from cover_engine.export.config import ModelConfig
@@ -67,9 +67,9 @@ def trace_once():
     """Trace each graph once per module: the fp16 and external-data exports reuse the fp32
     traces (same config and weights, so the same graphs) instead of re-running torch.export."""
     traced: dict = {}
-    trace = onnx_export.trace_graph
+    trace = graphs.trace_graph
 
-    def cached(model, plan, opset=onnx_export.DEFAULT_OPSET):
+    def cached(model, plan, opset=graphs.DEFAULT_OPSET):
         if (plan, opset) not in traced:
             traced[plan, opset] = trace(model, plan, opset)
         copy = onnx.ModelProto()
@@ -98,7 +98,7 @@ def fp16_run(ref, tmp_path_factory):
     """The CLI, fp16, video graphs only, on a host without tensorrt; --out relative."""
     out = tmp_path_factory.mktemp("export") / "fp16"
     mp = pytest.MonkeyPatch()
-    mp.setattr(trt_build, "import_tensorrt", lambda: None)
+    mp.setattr(trt_build, "import_tensorrt", lambda required=True: None)
     mp.chdir(out.parent)
     try:
         result = CliRunner().invoke(export_main, [
@@ -166,7 +166,7 @@ def test_fp16_keeps_normalisations_and_softmax_in_fp32(fp16_run):
         graph = onnx.load(str(out / f"{branch}.onnx"))
         producers = {o: n for n in graph.graph.node for o in n.output}
         inits = {t.name: t for t in graph.graph.initializer}
-        kept = [n for n in graph.graph.node if n.op_type in onnx_export.KEEP_FP32_OPS]
+        kept = [n for n in graph.graph.node if n.op_type in onnx_passes.KEEP_FP32_OPS]
         assert any(n.op_type == "LayerNormalization" for n in kept)
         for node in kept:
             x = node.input[0]
@@ -175,7 +175,7 @@ def test_fp16_keeps_normalisations_and_softmax_in_fp32(fp16_run):
                 if name in inits and inits[name].data_type in (1, 10):
                     assert inits[name].data_type == onnx.TensorProto.FLOAT, (node.name, name)
         if branch == "aesthetic":  # ConvNeXt's channels-first norms became LayerNormalization
-            assert "ReduceMean" not in onnx_export.op_types(graph)
+            assert "ReduceMean" not in onnx_passes.op_types(graph)
         big = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
                and np.prod(t.dims) > 4096]
         assert not big, [t.name for t in big]  # weights are fp16
@@ -190,7 +190,7 @@ def test_cli_reports_each_step_and_missing_tensorrt(fp16_run):
 
 
 def test_cli_engine_without_tensorrt_fails_before_exporting(tmp_path, monkeypatch):
-    monkeypatch.setattr(trt_build, "import_tensorrt", lambda: None)
+    monkeypatch.setattr(trt_build, "import_tensorrt", lambda required=True: None)
     result = CliRunner().invoke(export_main, ["--engine", "--random-weights", "--out",
                                               str(tmp_path / "x")])
     assert result.exit_code == 1
@@ -217,9 +217,9 @@ def test_graphs_are_clean_standard_onnx(fp32_dir):
         graph = onnx.load(str(path))
         opset = {o.domain: o.version for o in graph.opset_import}
         assert opset.get("", 0) >= 17 and set(opset) <= {"", "ai.onnx"}
-        assert onnx_export.trt_parser_problems(graph) == []
+        assert onnx_passes.trt_parser_problems(graph) == []
         assert all(n.domain in ("", "ai.onnx") for n in graph.graph.node)
-        ops = onnx_export.op_types(graph)
+        ops = onnx_passes.op_types(graph)
         # bias tables gathered by a constant index were folded; nothing random remains
         assert "GatherND" not in ops and not any(op.startswith("Random") for op in ops)
         for v in list(graph.graph.input) + list(graph.graph.output):
@@ -264,7 +264,7 @@ def test_manifest_carries_preprocessing_and_kernel_source(fp32_dir, tmp_path):
 
 
 def test_external_data_graph(model, ref, tmp_path):
-    plan = next(p for p in onnx_export.graph_plans(model.config, ("video",))
+    plan = next(p for p in graphs.graph_plans(model.config, ("video",))
                 if p.branch == "aesthetic")
     entry = onnx_export.export_graph(model, plan, tmp_path, external_threshold=0)
     assert entry.external_data is not None

@@ -42,11 +42,14 @@ from cover_engine.runtime.engines.manifest import GraphEntry, Manifest, check_io
 DEFAULT_IN_FLIGHT = 2
 
 
-def import_tensorrt():
-    """The ``tensorrt`` module, or EngineError saying how to get it."""
+def import_tensorrt(*, required: bool = True):
+    """The ``tensorrt`` module. When it is not installed: :class:`EngineError` saying how to get
+    it, or, with ``required=False`` (the exporter, which then stops after ONNX), None."""
     try:
         import tensorrt
     except ImportError:
+        if not required:
+            return None
         raise EngineError("TensorRT is not installed (pip install 'cover-engine[trt]'); "
                           "use --backend onnxruntime") from None
     return tensorrt
