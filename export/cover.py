@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cover_engine.runtime.constants import BRANCHES
 from . import swin3d
 from .clip_vit import ClipVisionTower
 from .config import ModelConfig
@@ -118,19 +117,6 @@ class COVER(nn.Module):
             "technical": self.forward_technical(technical, sem_feats),
             "aesthetic": self.forward_aesthetic(aesthetic, sem_feats),
         }
-
-    @staticmethod
-    def branch_scores(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """See :func:`branch_scores`."""
-        return branch_scores(maps)
-
-
-def branch_scores(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per batch item, float64 ``(B,)``: each branch's score (mean of its map) and ``overall``
-    (their sum, upstream's ``fuse_results``). Raw and unbounded, as upstream reports them."""
-    scores = {k: maps[k].double().flatten(1).mean(1) for k in BRANCHES}
-    scores["overall"] = scores["semantic"] + scores["technical"] + scores["aesthetic"]
-    return scores
 
 
 def _as_clip(view: torch.Tensor) -> torch.Tensor:

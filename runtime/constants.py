@@ -1,6 +1,6 @@
 """Every number COVER's behaviour depends on, in one place.
 
-Values follow upstream's ``cover.yml`` and inference scripts (see COVER_SPEC.md). The runtime, the
+Values follow upstream's ``cover.yml`` and inference scripts (see docs/cover-behaviour.md). The runtime, the
 export side, the CUDA kernels' host code and the manifest all read them from here.
 """
 from __future__ import annotations
@@ -139,8 +139,6 @@ CLIP_WEIGHTS = WeightFile(
     env="COVER_CLIP_WEIGHTS",
     description="OpenAI CLIP ViT-L/14 (TorchScript archive, fp16)",
 )
-
-WEIGHT_FILES: tuple[WeightFile, ...] = (COVER_WEIGHTS, CLIP_WEIGHTS)
 
 #: Environment variable naming the weight cache folder.
 COVER_HOME_ENV = "COVER_HOME"

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from cover_engine.export import convnext3d, swin3d
 from cover_engine.export.config import ClipVitConfig, ConvNeXtConfig, ModelConfig, SwinConfig
-from cover_engine.export.cover import COVER, CrossGatingBlock, branch_scores
+from cover_engine.export.cover import COVER, CrossGatingBlock
 from cover_engine.export.weights import load_model
+from cover_engine.runtime.results import branch_scores
 from cover_engine.runtime.constants import BRANCHES
 from cover_engine.runtime.errors import InputError
 
@@ -52,7 +53,7 @@ def test_reference_vectors(vector_model, io, case):
         ref = io[f"{case}/score_map/{b}"]
         assert maps[b].shape == ref.shape, b
         np.testing.assert_allclose(maps[b], ref, rtol=0, atol=ATOL, err_msg=f"{case} {b} score map")
-    scores = branch_scores({k: torch.from_numpy(v) for k, v in maps.items()})
+    scores = branch_scores(maps)
     for k in (*BRANCHES, "overall"):
         assert scores[k].shape == (1,)
         assert abs(float(scores[k][0]) - float(io[f"{case}/score/{k}"])) <= ATOL, k
