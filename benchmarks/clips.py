@@ -1,15 +1,19 @@
 """Synthetic test clips with motion and texture, written with PyAV's encoders.
 
-Used for the bundled sample and for ``cover-bench``'s inputs. The content is deterministic for a
+Used for the bundled sample and for ``cover-bench``'s inputs, which are encoded once and cached
+(:func:`bench_clip`). The content is deterministic for a
 seed: a drifting multi-scale texture with a moving bright disc and a slow colour cycle, so that
 encoders do real work (motion, detail) and every branch sees something other than flat colour.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
+
+from cover_engine.runtime.errors import InputError
 
 CODECS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "mpeg4": "mpeg4"}
 RESOLUTIONS = {"4k": (3840, 2160), "1080p": (1920, 1080), "720p": (1280, 720),
@@ -77,3 +81,29 @@ if __name__ == "__main__":  # regenerate the bundled sample
     out = write_clip(Path(__file__).resolve().parent.parent / "samples" / "sample.mp4",
                      480, 270, 64, crf=28)
     print(out, out.stat().st_size, "bytes")
+
+
+#: Codecs ``cover-bench`` can generate its clip in.
+BENCH_CODECS = ("h264", "hevc")
+
+
+def clip_cache_dir() -> Path:
+    """Generated clips live beside cover-fetch's cache, in ``bench-clips/``."""
+    try:
+        from cover_engine.runtime.fetch import cache_dir
+    except ImportError:
+        return Path.home() / ".cache" / "cover-engine" / "bench-clips"
+    return cache_dir() / "bench-clips"
+
+
+def bench_clip(resolution: str, frames: int, codec: str, log: Callable[[str], None]) -> tuple[Path, bool]:
+    """The cached synthetic clip for these settings, encoded on first use; (path, generated)."""
+    width, height = parse_resolution(resolution)
+    if codec in ("h264", "hevc") and (width % 2 or height % 2):
+        raise InputError(f"resolution {width}x{height}: {codec} in yuv420p needs even sizes")
+    path = clip_cache_dir() / f"synthetic-{width}x{height}-{frames}f-{codec}.mp4"
+    if path.is_file():
+        return path, False
+    log(f"cover-bench: encoding a {frames}-frame {width}x{height} {codec} clip into {path} (once)")
+    write_clip(path, width, height, frames, codec=codec)
+    return path, True

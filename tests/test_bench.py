@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from cover_engine.bench import report as rep
-from cover_engine.bench.cli import bench_clip, timed_views
+from cover_engine.bench.clips import bench_clip
+from cover_engine.bench.measure import timed_views
 from cover_engine.runtime.cli.bench import main
 from cover_engine.bench.clips import write_clip
 from cover_engine.bench.stages import (Stats, Timer, module_sections, summarise,
@@ -109,7 +110,7 @@ def test_vit_flops_formula_matches_torch_flop_counter(small_config):
 def test_vit_flops_at_official_size_is_the_specs_figure():
     sem = ModelConfig.official().semantic
     per_frame = vit_flops_per_frame(sem.width, sem.layers, sem.patch_size, sem.output_dim, 512, 512)
-    assert per_frame == pytest.approx(0.95e12, rel=5e-3)  # COVER_SPEC.md: 0.95 TFLOP per frame
+    assert per_frame == pytest.approx(0.95e12, rel=5e-3)  # docs/cover-behaviour.md: 0.95 TFLOP per frame
 
 
 def test_timed_views_equal_load_views(tmp_path, small_config):

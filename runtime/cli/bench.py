@@ -7,9 +7,9 @@ Examples::
     cover-bench --input clip.mp4 --backends torch-fp32,onnxruntime --runs 20
     cover-bench --config small.json --resolution 320x180 --frames 8 --device cpu
 
-What is measured and how: :mod:`cover_engine.bench`. The measuring code needs torch (its
-baseline row and the exports) and is imported when the command runs; only its torch-free
-constants are imported here. Weights are random unless ``--weights`` is given: speed does not
+What is measured and how: :mod:`cover_engine.bench.run`. The measuring code needs torch (its
+baseline row and the exports) and is imported when the command runs; only torch-free names
+are imported here. Weights are random unless ``--weights`` is given: speed does not
 depend on the values.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import click
 
-from cover_engine.bench.cli import BACKENDS, BENCH_CODECS, Log, importable, parse_backends
+from cover_engine.bench.clips import BENCH_CODECS
+from cover_engine.bench.probes import BACKENDS, Log, importable, parse_backends
 from cover_engine.runtime.cli.common import CONTEXT_SETTINGS, OneLineCommand, cover_errors
 from cover_engine.runtime.cli.options import (CheckedPath, Device, quiet_option, report_options,
                                               weight_options)
@@ -75,7 +76,7 @@ def main(input_path, resolution, frames, codec, backend_list, runs, warmup, batc
         raise click.ClickException("cover-bench needs torch for its baseline and exports "
                                    "(pip install 'cover-engine[export]')")
     from cover_engine.bench import report as rep
-    from cover_engine.bench.cli import run_bench
+    from cover_engine.bench.run import run_bench
 
     try:
         with cover_errors():
