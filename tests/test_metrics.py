@@ -1,4 +1,4 @@
-"""The evaluation metrics against scipy computed independently, following COVER_SPEC.md section 4."""
+"""The evaluation metrics against scipy computed independently, following docs/cover-behaviour.md section 5."""
 from __future__ import annotations
 
 import json

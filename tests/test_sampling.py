@@ -14,7 +14,7 @@ SEMANTIC, TECHNICAL, AESTHETIC = (OFFICIAL_VIEWS[n] for n in ("semantic", "techn
 
 
 def upstream_indices(n, spec, offsets):
-    """COVER_SPEC.md section 3 written out with loops, given the per-segment offsets."""
+    """docs/cover-behaviour.md section 3.1 written out with loops, given the per-segment offsets."""
     out = []
     for i in range(spec.t_frag):
         for k in range(spec.fsize_t):

@@ -2,7 +2,7 @@
 
 Scores go to a per-video CSV as they are produced (see :mod:`.results`), so an interrupted run
 is continued with ``--resume`` and loses at most the video in flight. Missing and unreadable
-videos are listed, not fatal. Metrics follow COVER_SPEC.md section 4 (:mod:`.metrics`), for the
+videos are listed, not fatal. Metrics follow docs/cover-behaviour.md section 5 (:mod:`.metrics`), for the
 overall score and each branch.
 
 :func:`evaluate` does the work with any object that has ``score(path) -> FileScore``; the

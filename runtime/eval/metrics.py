@@ -1,6 +1,6 @@
 """Agreement between predicted scores and MOS, the way the VQA field (and upstream COVER) reports it.
 
-Protocol (upstream ``evaluate_one_dataset.py``, COVER_SPEC.md section 4): SROCC and KROCC on the
+Protocol (upstream ``evaluate_one_dataset.py``, docs/cover-behaviour.md section 5): SROCC and KROCC on the
 raw predictions; PLCC and RMSE after fitting the 4-parameter logistic
 ``y = b2 + (b1 - b2) / (1 + exp(-(x - b3) / |b4|))`` from predictions to MOS with
 ``scipy.optimize.curve_fit`` started at ``[max(mos), min(mos), mean(pred), 0.5]``. The fit maps the
