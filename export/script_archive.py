@@ -25,6 +25,8 @@ from typing import Any, Union
 
 import torch
 
+from cover_engine.runtime.errors import ArchiveError
+
 __all__ = ["ArchiveError", "ScriptObject", "is_torchscript_archive", "read_script_tensors"]
 
 PathLike = Union[str, os.PathLike]
@@ -39,10 +41,6 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
 
 #: How deep a module tree may nest (ViT-L/14 is 6 levels); deeper is refused, not recursed.
 MAX_DEPTH = 64
-
-
-class ArchiveError(Exception):
-    """The archive is not a TorchScript archive this reader accepts (the message says why)."""
 
 
 class ScriptObject:

@@ -12,13 +12,11 @@ import stat
 from pathlib import Path
 from typing import Union
 
+from cover_engine.runtime.errors import NotRegularFile
+
 __all__ = ["fsync_dir", "open_regular", "kind_of", "NotRegularFile"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class NotRegularFile(OSError):
-    """The path exists but is a symlink, FIFO, device, socket or folder, not a regular file."""
 
 
 def kind_of(mode: int) -> str:

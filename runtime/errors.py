@@ -14,6 +14,11 @@ e.g. ``gpu.cuda.GpuError``).
     +-- GpuError              no usable GPU / CUDA stack, or a CUDA call failed
         +-- KernelCompileError  NVRTC rejected a kernel source
         +-- NvdecUnavailable    NVDEC cannot decode a file here (the CPU path takes it)
+
+Below them, three internal signals that never reach a user as such: the code that raises them
+is called by code that catches them and reports a :class:`CoverError` naming the file
+(:class:`NotRegularFile` is an ``OSError`` and :class:`JSONRefused` a ``ValueError`` so that
+the usual handlers of those see them too).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Optional
 
 __all__ = ["CoverError", "InputError", "ShortVideoError", "WeightsError", "EngineError",
            "FitError", "GpuError", "KernelCompileError", "NvdecUnavailable", "one_line",
+           "NotRegularFile", "JSONRefused", "ArchiveError",
            "CUDA_OUT_OF_MEMORY", "CUDA_STICKY"]
 
 
@@ -93,6 +99,18 @@ class KernelCompileError(GpuError):
 
 class NvdecUnavailable(GpuError):
     """NVDEC cannot decode this file here; the message is the one-line reason."""
+
+
+class NotRegularFile(OSError):
+    """The path exists but is a symlink, FIFO, device, socket or folder, not a regular file."""
+
+
+class JSONRefused(ValueError):
+    """The text is not JSON this program accepts; the message says why in one line."""
+
+
+class ArchiveError(Exception):
+    """The archive is not a TorchScript archive this reader accepts (the message says why)."""
 
 
 def one_line(exc: BaseException) -> str:

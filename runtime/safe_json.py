@@ -15,15 +15,12 @@ import re
 from typing import Any, Union
 
 from cover_engine.runtime.constants import JSON_MAX_BYTES, JSON_MAX_DEPTH, JSON_MAX_INT_DIGITS
+from cover_engine.runtime.errors import JSONRefused
 
 __all__ = ["JSONRefused", "loads_strict", "nesting_depth"]
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
-
-
-class JSONRefused(ValueError):
-    """The text is not JSON this program accepts; the message says why in one line."""
 
 
 def nesting_depth(text: str) -> int:
