@@ -8,7 +8,8 @@ Score a file in three lines::
         print(scorer.score("clip.mp4").overall)    # a FileScore: semantic, technical, aesthetic, overall
 
 ``make_scorer`` takes what ``cover-run`` takes (``backend``, ``engines``, ``weights``,
-``clip_weights``, ``config``, ``device``, ``seed``, ``clips``, ``random_weights``, ``log``).
+``clip_weights``, ``config``, ``device``, ``seed``, ``clips``, ``colour``, ``random_weights``,
+``log``); a scorer also has ``score_many(paths)``.
 Everything the engine reports on purpose is a :class:`CoverError` (a bad file is an
 :class:`InputError`, missing weights a :class:`WeightsError`, an unusable engine folder an
 :class:`EngineError`). The scoring names are imported on first use, so ``import cover_engine``

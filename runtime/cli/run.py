@@ -155,7 +155,9 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
             progress.close()
         if writer is not None:
             writer.close()
-        scorer.close()
+        close = getattr(scorer, "close", None)  # real scorers release their backend
+        if close is not None:
+            close()
 
     if rows and not as_json:
         click.echo(format_table(rows))
