@@ -39,7 +39,8 @@ aesthetic (view, sem_feats -> score_map). Video mode takes sampled clips; image 
 frame (T=1) per branch, the graphs repeat it where the backbone needs two frames.
 
 The package: :mod:`.schema` (format constants and the JSON Schema), :mod:`.model` (the
-dataclasses), :mod:`.io` (reading, checking, writing), :mod:`.validator` (the schema checker).
+dataclasses), :mod:`.io` (reading, checking, writing), :mod:`.validator` (the schema checker),
+:mod:`.consistency` (rules across fields).
 Import from here; the names below are the public ones.
 """
 from cover_engine.runtime.engines.manifest.io import (check_io, check_tensorrt, load_manifest,
