@@ -1,9 +1,9 @@
 """``--backend torch``: the export-side PyTorch model as an inference backend.
 
 This is the upstream-equivalent baseline (fp32 eager on CPU or CUDA) and, with
-``precision="fp16"`` on CUDA, the GPU path that can be verified where TensorRT is absent: fp16
-autocast (LayerNorm, softmax and reductions stay in fp32 under autocast), PyTorch's fused
-scaled-dot-product attention, and optionally ``torch.compile``.
+``precision="fp16"`` or ``"bf16"`` on CUDA, the GPU path that can be measured where TensorRT is
+absent: autocast (LayerNorm, softmax and reductions stay in fp32 under autocast), PyTorch's fused
+scaled-dot-product attention, and optionally ``torch.compile`` and CUDA-graph replay.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS, ViewSpec, views_for_inputs
+from cover_engine.runtime.constants import (CLIP_WEIGHTS, COVER_WEIGHTS, TORCH_MODES, ViewSpec,
+                                            views_for_inputs)
 from cover_engine.runtime.engines.base import Backend, check_views
 from cover_engine.runtime.errors import CoverError
 from .config import ModelConfig, resolve_config
@@ -66,14 +67,26 @@ def _check_device(device: str) -> None:
 
 
 class TorchBackend(Backend):
-    """Runs the three branches with PyTorch; ``run`` maps numpy views to numpy score maps."""
+    """Runs the three branches with PyTorch; ``run`` maps numpy views to numpy score maps.
+
+    On CUDA with ``precision="fp16"`` or ``"bf16"``: autocast (LayerNorm, softmax and reductions
+    stay fp32), attention through ``scaled_dot_product_attention`` (flash / memory-efficient
+    kernels, in the ViT and in the Swin's window attention), and no host synchronisation inside
+    the model. ``compile`` wraps the forward in ``torch.compile``; ``cuda_graphs`` captures the
+    whole forward once per input shape into a CUDA graph (static input and output buffers, one
+    memory pool shared by the graphs) and replays it, removing the launch cost of the
+    model's many small kernels.
+    """
 
     def __init__(self, *, config=None, weights=None, clip_weights=None, device: str = "cpu",
                  precision: str = "fp32", random_weights: bool = False, seed: int = 0,
-                 compile: bool = False, model: Optional[COVER] = None):
+                 compile: bool = False, cuda_graphs: bool = False,
+                 model: Optional[COVER] = None):
         if precision not in PRECISIONS:
             raise CoverError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         _check_device(device)
+        if cuda_graphs and not device.startswith("cuda"):
+            raise CoverError("CUDA graphs need a CUDA device (--device cuda)")
         if model is None:
             model, cfg = build_model(config, weights=weights, clip_weights=clip_weights,
                                      random_weights=random_weights, seed=seed)
@@ -84,20 +97,60 @@ class TorchBackend(Backend):
         self.model = model.to(self.device).eval()
         self.config = cfg
         self.specs: dict[str, ViewSpec] = views_for_inputs(cfg.inputs)
-        self.name = "torch" if precision == "fp32" else f"torch-{precision}"
+        self.name = ("torch" if precision == "fp32" else f"torch-{precision}") + \
+            ("-compile" if compile else "") + ("-graphs" if cuda_graphs else "")
         self._forward = torch.compile(self.model.forward) if compile else self.model.forward
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple, tuple] = {}
+        self._pool = None
+
+    @classmethod
+    def from_mode(cls, mode: str = "eager", **kwargs) -> "TorchBackend":
+        """A backend for one of :data:`TORCH_MODES`."""
+        if mode not in TORCH_MODES:
+            raise CoverError(f"unknown torch mode {mode!r} (choose from {', '.join(TORCH_MODES)})")
+        return cls(compile="compile" in mode, cuda_graphs="cuda-graphs" in mode, **kwargs)
 
     def _autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
-    @torch.inference_mode()
-    def run_tensors(self, views: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Score maps for views already on the device (used by the benchmark)."""
+    def _call(self, views: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with self._autocast():
             maps = self._forward(views["semantic"], views["technical"], views["aesthetic"])
         return {k: v.float() for k, v in maps.items()}
+
+    @torch.inference_mode()
+    def run_tensors(self, views: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Score maps for views already on the device (used by the benchmark)."""
+        if self.cuda_graphs:
+            return self._replay(views)
+        return self._call(views)
+
+    def _replay(self, views: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copy the views into the static inputs of this shape's graph (captured on first
+        use, after two warm-up runs on a side stream as CUDA requires) and replay it."""
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(views.items()))
+        if key not in self._graphs:
+            static = {k: v.detach().clone() for k, v in views.items()}
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._call(static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                outputs = self._call(static)
+            self._graphs[key] = (graph, static, outputs)
+        graph, static, outputs = self._graphs[key]
+        for k, v in views.items():
+            static[k].copy_(v)
+        graph.replay()
+        return {k: v.clone() for k, v in outputs.items()}
 
     def run(self, views: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_views(views)
@@ -109,3 +162,4 @@ class TorchBackend(Backend):
         """Drop this backend's reference to the model (a shared model lives on elsewhere)."""
         self.model = None
         self._forward = None
+        self._graphs.clear()

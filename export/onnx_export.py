@@ -123,7 +123,7 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
         trt = trt_build.import_tensorrt(required=False)
         if trt is None and engines:
             raise EngineError("TensorRT engines asked for, but the tensorrt package is not "
-                              "installed (pip install 'cover-engine[trt]')")
+                              "installed (pip install 'cover-engine[gpu-cu12]' or '[gpu-cu13]')")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # no stale manifest over new files
@@ -169,7 +169,8 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
     if want_engines:
         if trt is None:
             log(f"{step} TensorRT: the tensorrt package is not installed; stopping after ONNX "
-                "(install 'cover-engine[trt]' on the GPU host and re-run to build engines)")
+                "(install 'cover-engine[gpu-cu12]' or '[gpu-cu13]' on the GPU host and re-run "
+                "to build engines)")
         else:
             entries, trt_info = trt_build.build_engines(
                 trt, out_dir, entries, batch, precision=precision,

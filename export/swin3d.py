@@ -156,6 +156,21 @@ def output_size(cfg: SwinConfig, input_size: Size3) -> Size3:
 
 # ----------------------------------------------------------------------------- modules
 
+
+def _exporting() -> bool:
+    """True while torch.onnx / torch.export / TorchScript trace the model."""
+    is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return bool(torch.onnx.is_in_onnx_export() or is_exporting() or torch.jit.is_tracing())
+
+
+def fused_attention() -> bool:
+    """Whether window attention runs through ``F.scaled_dot_product_attention``: in eager runs
+    and under ``torch.compile``, where it selects the flash / memory-efficient kernels on a GPU
+    (and a fused kernel on a CPU, within 1e-6 of the explicit form); not while exporting, so the
+    ONNX graphs keep the explicit MatMul / Add / Softmax that TensorRT's parser was verified on.
+    """
+    return not _exporting()
+
 class WindowAttention3D(nn.Module):
     """Multi-head self-attention inside windows, with relative and fragment position biases."""
 
@@ -192,20 +207,39 @@ class WindowAttention3D(nn.Module):
         bw, n, c = x.shape
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
         # Upstream adds the bias, then the mask; adding them together first changes only
         # entries offset by -100, whose softmax weight is ~1e-44 either way.
         bias = self.position_bias(n, frag_gate)
         if shift_mask is not None:
             bias = bias + shift_mask.unsqueeze(1)
-        if bias.dim() == 4:  # per-window bias: (nW, nH, N, N)
-            nw = bias.shape[0]
-            attn = (attn.view(bw // nw, nw, self.num_heads, n, n) + bias).view(bw, self.num_heads, n, n)
+        if fused_attention():
+            x = self._fused(q, k, v, bias)
         else:
-            attn = attn + bias
-        attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(bw, n, c)
-        return self.proj(x)
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias.dim() == 4:  # per-window bias: (nW, nH, N, N)
+                nw = bias.shape[0]
+                attn = (attn.view(bw // nw, nw, self.num_heads, n, n) + bias).view(
+                    bw, self.num_heads, n, n)
+            else:
+                attn = attn + bias
+            x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(bw, n, c))
+
+    def _fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               bias: torch.Tensor) -> torch.Tensor:
+        """The same attention through ``scaled_dot_product_attention`` (flash / memory-efficient
+        kernels take an additive mask). A per-window bias ``(nW, nH, N, N)`` is laid out as
+        ``nW * nH`` heads of ``B`` items, so the mask broadcasts over the batch uncopied."""
+        bw, heads, n, d = q.shape
+        bias = bias.to(q.dtype)
+        if bias.dim() == 3:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        nw = bias.shape[0]
+        fold = lambda t: t.reshape(bw // nw, nw * heads, n, d)  # noqa: E731
+        out = F.scaled_dot_product_attention(fold(q), fold(k), fold(v),
+                                             attn_mask=bias.reshape(1, nw * heads, n, n),
+                                             scale=self.scale)
+        return out.view(bw, heads, n, d)
 
 
 class Mlp(nn.Module):
@@ -278,14 +312,30 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(dim) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = tuple(x.shape[1:4])
-        plans = []  # even blocks use plain windows, odd blocks shifted ones
-        for shift in ((0, 0, 0), self.shift_size)[:len(self.blocks)]:
-            layout = window_layout(size, self.window_size, shift)
-            plans.append((layout, self._frag_gate(layout, x), self._shift_mask(layout, x)))
+        plans = self._plans(tuple(x.shape[1:4]), x)
         for i, blk in enumerate(self.blocks):
             x = blk(x, *plans[i % 2])
         return x if self.downsample is None else self.downsample(x)
+
+    def _plans(self, size: Size3, like: torch.Tensor) -> list:
+        """Window layout, fragment gate and shift mask of the plain and the shifted blocks.
+
+        The tables come from numpy; copying them to the GPU on every call would stop the host
+        until the device caught up (a pageable host-to-device copy), which also rules out CUDA
+        graph capture. So eager runs keep them per (size, device, dtype); an export traces them
+        as constants of the graph, as before.
+        """
+        key = (size, like.device, like.dtype)
+        cached = self.__dict__.get("_plan_cache")
+        if cached is not None and key in cached and not _exporting():
+            return cached[key]
+        plans = []  # even blocks use plain windows, odd blocks shifted ones
+        for shift in ((0, 0, 0), self.shift_size)[:len(self.blocks)]:
+            layout = window_layout(size, self.window_size, shift)
+            plans.append((layout, self._frag_gate(layout, like), self._shift_mask(layout, like)))
+        if not _exporting():
+            self.__dict__.setdefault("_plan_cache", {})[key] = plans
+        return plans
 
     def _frag_gate(self, layout: WindowLayout, like: torch.Tensor) -> torch.Tensor | None:
         """``(nW, N, N)`` number of fragment steps between two tokens of a window."""

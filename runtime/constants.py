@@ -88,6 +88,10 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".m
                     ".flv", ".wmv", ".3gp", ".y4m")
 
 
+#: ``--torch-mode`` values: how the torch backend runs the model (compile: torch.compile;
+#: cuda-graphs: one captured CUDA graph per input shape, replayed; CUDA only).
+TORCH_MODES: tuple[str, ...] = ("eager", "compile", "cuda-graphs", "compile+cuda-graphs")
+
 #: Codecs NVDEC has decoders for, by the name FFmpeg/PyAV gives the stream's decoder. Anything
 #: else (ProRes, FFV1, MJPEG, raw video, ...) takes the CPU path without asking the GPU. Whether
 #: this GPU decodes a codec at the stream's bit depth is asked of the driver per file

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Optional, Union
 from cover_engine.runtime.constants import COLOUR_MODES, DEFAULT_COLOUR
 from cover_engine.runtime.engines.base import Backend, DeviceBackend, backend_class
 from cover_engine.runtime.results import FileScore, FileScorer, file_score
+from cover_engine.runtime.errors import CoverError
 from cover_engine.runtime.views.assemble import load_views
 
 __all__ = ["Scorer", "make_scorer", "make_backend", "ensure_cached_engines"]
@@ -63,17 +64,19 @@ class Scorer:
 
 
 def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
-                 device: str = "cpu", precision: str = "fp32", config=None,
-                 random_weights: bool = False, log=print) -> Backend:
+                 device: str = "cpu", precision: str = "fp32", torch_mode: str = "eager",
+                 config=None, random_weights: bool = False, log=print) -> Backend:
     """Build the named backend; ``auto`` picks TensorRT, then ONNX Runtime, from the engine folder.
 
     ``auto`` with no engine folder uses the cached export for these weights, exporting it once
     (which needs torch and the weights) when it is not there yet.
     """
+    if torch_mode != "eager" and backend != "torch":
+        raise CoverError(f"--torch-mode {torch_mode} applies to --backend torch, not {backend}")
     if backend == "torch":
-        return backend_class("torch")(config=config, weights=weights, clip_weights=clip_weights,
-                                      device=device, precision=precision,
-                                      random_weights=random_weights)
+        return backend_class("torch").from_mode(
+            torch_mode, config=config, weights=weights, clip_weights=clip_weights, device=device,
+            precision=precision, random_weights=random_weights)
     if backend == "auto":
         engine_dir = Path(engines) if engines else ensure_cached_engines(
             weights=weights, clip_weights=clip_weights, config=config,
@@ -135,13 +138,15 @@ def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
 
 
 def make_scorer(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
-                device: str = "cpu", precision: str = "fp32", seed: Optional[int] = None,
+                device: str = "cpu", precision: str = "fp32", torch_mode: str = "eager",
+                seed: Optional[int] = None,
                 clips: int = 1, config=None, random_weights: bool = False, log=print,
                 colour: str = DEFAULT_COLOUR) -> FileScorer:
     """A scorer over :func:`make_backend`: the GPU pipeline for TensorRT, else :class:`Scorer`;
     ``colour`` is the YUV -> RGB conversion (``constants.COLOUR_MODES``)."""
     chosen = make_backend(backend, engines=engines, weights=weights, clip_weights=clip_weights,
-                          device=device, precision=precision, config=config,
+                          device=device, precision=precision, torch_mode=torch_mode,
+                          config=config,
                           random_weights=random_weights, log=log)
     if isinstance(chosen, DeviceBackend):
         from cover_engine.runtime.gpu.pipeline import GpuPipeline

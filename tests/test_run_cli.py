@@ -196,3 +196,10 @@ def test_non_finite_score_fails_that_file_only(tmp_path, monkeypatch):
         lines = [line for line in res.stderr.splitlines() if name in line]
         assert lines and all("non-finite score" in line and what in line for line in lines), lines
     assert [r["name"] for r in csv.DictReader(out_csv.open())] == [str(files[0])]
+
+
+def test_torch_mode_is_for_the_torch_backend(tmp_path):
+    result = CliRunner().invoke(main, [str(SAMPLE), "--backend", "onnxruntime", "--engines",
+                                       str(tmp_path), "--torch-mode", "compile"])
+    assert result.exit_code != 0
+    assert "--torch-mode compile applies to --backend torch" in result.output

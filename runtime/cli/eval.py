@@ -61,7 +61,8 @@ def build_scorer(**options) -> FileScorer:
 @click.option("--rescaled", "rescaled_path", type=CheckedPath(dir_okay=False, path_type=Path),
               help="Write raw scores with z-score, rank in [0, 1] and fixed 0-100 rescalings (CSV).")
 def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weights, clip_weights, config,
-         random_weights, device, precision, seed, clips, colour, csv_path, resume, limit, json_path, plot_path,
+         random_weights, device, precision, torch_mode, seed, clips, colour, csv_path, resume,
+         limit, json_path, plot_path,
          rescaled_path):
     """Score a labelled video set with COVER and report SROCC, KROCC, PLCC and RMSE."""
     with cover_errors():
@@ -75,7 +76,7 @@ def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weig
     click.echo(f"scores -> {csv_path}", err=True)
     options = dict(backend=backend, engines=engines, weights=weights, clip_weights=clip_weights,
                    config=config, random_weights=random_weights, device=device, precision=precision,
-                   seed=seed, clips=clips, colour=colour,
+                   torch_mode=torch_mode, seed=seed, clips=clips, colour=colour,
                    log=lambda msg: click.echo(msg, err=True))
     kept = f"\n(rows already in {csv_path} are kept; continue with --resume)"
     started = time.perf_counter()

@@ -5,8 +5,8 @@
   ``random_default=True``: random weights unless ``--weights`` is given (speed does not depend on
   the values), so there ``--weights`` has no environment variable and no ``--random-weights``.
 * :func:`scoring_options` -- how files are scored: ``--backend``, ``--engines``, ``--device``,
-  ``--precision``, ``--seed``, ``--clips``. :func:`scorer_options` is both groups and
-  ``--colour`` (the YUV -> RGB conversion, :data:`~.constants.COLOUR_MODES`).
+  ``--precision``, ``--torch-mode``, ``--seed``, ``--clips``. :func:`scorer_options` is both
+  groups and ``--colour`` (the YUV -> RGB conversion, :data:`~.constants.COLOUR_MODES`).
 * Output: :func:`csv_option`, :func:`report_options` (``--json FILE``, ``--plot FILE``; a plot
   is refused up front when matplotlib is missing), :func:`quiet_option`.
 
@@ -30,7 +30,7 @@ import click
 from click.core import ParameterSource
 
 from cover_engine.runtime.constants import (CLIP_WEIGHTS, COLOUR_MODES, COVER_WEIGHTS,
-                                            DEFAULT_COLOUR, MAX_CLIPS, MAX_SEED)
+                                            DEFAULT_COLOUR, MAX_CLIPS, MAX_SEED, TORCH_MODES)
 from cover_engine.runtime.folders import path_problem
 
 __all__ = ["weight_options", "scoring_options", "scorer_options", "colour_option", "csv_option",
@@ -128,6 +128,13 @@ def _check_scoring(ctx: click.Context, options: dict) -> None:
         raise click.BadParameter(
             f"{precision} applies to --backend torch; engine folders carry their own precision "
             "(make an fp16 one with `cover-export --precision fp16`)", param_hint="'--precision'")
+    mode = options.get("torch_mode")
+    if mode not in (None, "eager") and backend != "torch":
+        raise click.BadParameter(f"--torch-mode {mode} applies to --backend torch, not {backend}",
+                                 param_hint="'--torch-mode'")
+    if mode and "cuda-graphs" in mode and not str(device).startswith("cuda"):
+        raise click.BadParameter(f"{mode} needs a CUDA device (--device cuda[:N])",
+                                 param_hint="'--torch-mode'")
 
 
 def _checked(check: Callable[[click.Context, dict], None]) -> Decorator:
@@ -153,13 +160,18 @@ scoring_options: Decorator = _group(
                       "error, never a silent CPU run."),
     click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
                  show_default=True, help="Torch backend precision (engines carry their own)."),
+    click.option("--torch-mode", type=click.Choice(TORCH_MODES), default="eager",
+                 show_default=True,
+                 help="Torch backend: torch.compile the model, and/or replay it as one CUDA "
+                      "graph per input shape (CUDA only)."),
     click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
                  help="Random temporal/spatial offsets from this seed, 0.."
                       f"{MAX_SEED} (default: deterministic middle of each range)."),
     click.option("--clips", type=click.IntRange(1, MAX_CLIPS), default=1, show_default=True,
                  help=f"Average the scores of N sampled clips (at most {MAX_CLIPS})."),
 )
-"""``--backend``, ``--engines``, ``--device``, ``--precision``, ``--seed``, ``--clips``."""
+"""``--backend``, ``--engines``, ``--device``, ``--precision``, ``--torch-mode``, ``--seed``,
+``--clips``."""
 
 #: ``--colour`` (argument ``colour``): which YUV -> RGB conversion scores are made with.
 colour_option: Decorator = click.option(

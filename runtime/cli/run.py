@@ -99,8 +99,8 @@ def format_table(rows: list[FileScore]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
 @csv_option("Also write rows to this CSV, row by row (appends to a matching header).")
 @quiet_option
-def main(paths, backend, engines, weights, clip_weights, config, device, precision, seed, clips,
-         colour, as_json, csv_path, random_weights, quiet):
+def main(paths, backend, engines, weights, clip_weights, config, device, precision, torch_mode,
+         seed, clips, colour, as_json, csv_path, random_weights, quiet):
     """Score each video or image in PATHS (files, folders, globs) with COVER.
 
     Prints per-branch scores (semantic, technical, aesthetic) and their sum, the overall score.
@@ -118,7 +118,8 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
         sys.exit(1)
     with cover_errors():
         scorer = make_scorer(backend, engines=engines, weights=weights, clip_weights=clip_weights,
-                             device=device, precision=precision, seed=seed, clips=clips,
+                             device=device, precision=precision, torch_mode=torch_mode,
+                             seed=seed, clips=clips,
                              config=config, random_weights=random_weights, log=log,
                              colour=colour)
 

@@ -50,7 +50,8 @@ def import_tensorrt(*, required: bool = True):
     except ImportError:
         if not required:
             return None
-        raise EngineError("TensorRT is not installed (pip install 'cover-engine[trt]'); "
+        raise EngineError("TensorRT is not installed (pip install 'cover-engine[gpu-cu12]' or "
+                          "'[gpu-cu13]', matching the driver's CUDA major); "
                           "use --backend onnxruntime") from None
     return tensorrt
 

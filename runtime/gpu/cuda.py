@@ -37,7 +37,8 @@ def cuda_api():
             from cuda import cuda as driver, cudart as runtime, nvrtc  # type: ignore
         except ImportError:
             raise GpuError("cuda-python is not installed "
-                           "(pip install 'cover-engine[gpu]')") from None
+                           "(pip install 'cover-engine[gpu-cu12]' or '[gpu-cu13]', "
+                           "matching the driver's CUDA major)") from None
     return driver, runtime, nvrtc
 
 
