@@ -10,6 +10,7 @@ e.g. ``gpu.cuda.GpuError``).
     |   +-- ShortVideoError   a video decodes fewer frames than it claims
     +-- WeightsError          weight files missing, corrupted or mismatched
     +-- EngineError           an engine folder cannot be built, loaded or run
+    +-- OutputError           a file the engine writes (scores CSV, report) cannot be written
     +-- FitError              the metrics' logistic fit failed
     +-- GpuError              no usable GPU / CUDA stack, or a CUDA call failed
         +-- KernelCompileError  NVRTC rejected a kernel source
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["CoverError", "InputError", "ShortVideoError", "WeightsError", "EngineError",
+__all__ = ["CoverError", "InputError", "ShortVideoError", "WeightsError", "EngineError", "OutputError",
            "FitError", "GpuError", "KernelCompileError", "NvdecUnavailable", "one_line",
            "NotRegularFile", "JSONRefused", "ArchiveError",
            "CUDA_OUT_OF_MEMORY", "CUDA_STICKY"]
@@ -52,6 +53,12 @@ class WeightsError(CoverError):
 
 class EngineError(CoverError):
     """An exported engine cannot be built, loaded or run."""
+
+
+class OutputError(CoverError):
+    """A file the engine writes (a scores CSV, a report, a plot) cannot be created or written,
+    or is not ours to write into (another kind of file, a FIFO, a folder). The message names the
+    path and the cause; whatever was written before is intact."""
 
 
 class FitError(CoverError):

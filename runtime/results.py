@@ -9,7 +9,9 @@ upstream's are.
 Long runs (a dataset of 10,000 videos) must survive being killed: every row is flushed and
 fsynced before the next file starts, so a crash loses at most the file in flight. The file is only
 ever appended to; the one repair on reopening is cutting off an unterminated last line (a row
-the crash tore in half), and that row's file is simply scored again. ``cover-run --csv`` and
+the crash tore in half; that row's file is simply scored again), while a whole last row that
+only lacks its newline (a file saved by an editor) is kept. A failed write is cut back off, so
+the file always ends with a whole row; processes sharing a CSV take turns under ``flock``. ``cover-run --csv`` and
 ``cover-eval`` share this format:
 
     name,semantic,technical,aesthetic,overall,frames,resolution,backend,colour,seconds[,extra...]
@@ -18,21 +20,27 @@ Scores are written with ``repr`` (shortest round-trip form), so the raw numbers 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 
 import numpy as np
 
 from cover_engine.runtime.constants import BRANCHES, DEFAULT_COLOUR
-from cover_engine.runtime.errors import InputError
-from cover_engine.runtime.durable import fsync_dir
-from cover_engine.runtime.errors import InputError
+from cover_engine.runtime.durable import fsync_dir, kind_of, reason, write_all
+from cover_engine.runtime.errors import InputError, OutputError
 
 __all__ = ["FileScore", "FileScorer", "branch_scores", "file_score", "SCORE_COLUMNS",
            "score_columns", "read_rows", "RowLog", "ScoreCsvWriter"]
@@ -174,23 +182,80 @@ def _decode(path: Path, data: bytes) -> str:
         raise InputError(f"{path}: not a UTF-8 CSV file") from None
 
 
+def _whole_row(tail: bytes, header: Sequence[str],
+               row_ok: Optional[Callable[[dict[str, str]], bool]] = None) -> Optional[dict[str, str]]:
+    """The last line ``tail`` (no final newline) as a row, if it is a whole one: every column
+    there, the last one not empty, and ``row_ok`` agreeing. A row torn inside a field has fewer
+    fields (or an empty last one) and is not whole; a file saved without its final newline is."""
+    try:
+        text = tail.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not header or "\r" in text or text.count('"') % 2:
+        return None
+    fields = next(csv.reader([text]), [])
+    if len(fields) != len(header) or not fields[-1]:
+        return None
+    row = dict(zip(header, fields))
+    return row if row_ok is None or row_ok(row) else None
+
+
 def read_rows(path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of a CSV written by :class:`RowLog`, ignoring a torn last line (read-only)."""
+    """Header and rows of a CSV written by :class:`RowLog` (read-only): a torn last line is
+    ignored, a whole last row without its final newline is kept."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return _parse_lines(path, _decode(path, _complete_part(data)))
+    complete = _complete_part(data)
+    header, rows = _parse_lines(path, _decode(path, complete))
+    last = _whole_row(data[len(complete):], header) if data[len(complete):] else None
+    return header, rows + ([last] if last is not None else [])
+
+
+@contextlib.contextmanager
+def _locked(fd: int):
+    """An exclusive ``flock`` on the open CSV while its end is read or written: two processes
+    creating one CSV write one header, and rows from several never interleave."""
+    if fcntl is None:  # pragma: no cover - not POSIX
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _read_fd(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 class RowLog:
-    """An append-only CSV: each :meth:`append` is one line, flushed and fsynced before returning.
+    """An append-only CSV: each :meth:`append` is one line, written whole and fsynced before
+    returning.
 
     Opening a file that already has content needs ``resume=True`` (nothing is ever overwritten);
-    its header must match ``columns``, an unterminated last line left by a crash is cut off
-    (``self.dropped`` holds those bytes), and its rows are available as ``self.rows``.
-    Every record is one physical line, so values may not contain line breaks.
+    its header must match ``columns``; an unterminated last line left by a crash is cut off
+    (``self.dropped`` holds those bytes) unless it is a whole row that only lacks its final
+    newline, which is kept; its rows are available as ``self.rows``. Every record is one
+    physical line, so values may not contain line breaks.
+
+    Everything about the file is checked when it is opened, before any work is done: a path
+    whose folder cannot be made, a folder, FIFO or device, a file of another kind, no permission
+    or no space for the header: :class:`OutputError` naming the path and the cause. A write that
+    fails later (disk full, ``ulimit -f``) is cut back off, so the file ends with the last whole
+    row, and raises :class:`OutputError`. The end of the file is only read or written under an
+    exclusive ``flock``, so processes sharing one CSV never write two headers or mix rows.
     """
 
     def __init__(self, path, columns: Sequence[str], *, resume: bool = False):
@@ -198,37 +263,111 @@ class RowLog:
         self.columns = tuple(columns)
         self.rows: list[dict[str, str]] = []
         self.dropped = b""
-        existing = self.path.read_bytes() if self.path.is_file() else b""
-        if existing and not resume:
-            raise InputError(f"{self.path}: already holds results; resume it or write to another file")
+        self.created = False
+        self._header = _format_line(self.columns)
+        self._fd: Optional[int] = None
+        self._open()
+        try:
+            with _locked(self._fd):
+                self._adopt(resume)
+        except BaseException:
+            self.close()
+            raise
+        if self.created:
+            fsync_dir(self.path.parent.absolute())
+
+    def _fail(self, exc: OSError, doing: str = "cannot write") -> OutputError:
+        return OutputError(f"{self.path}: {doing} ({reason(exc)})")
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            blocker = next((p for p in (self.path.parent, *self.path.parent.parents)
+                            if p.exists() and not p.is_dir()), None)
+            if blocker is not None:
+                raise OutputError(f"{self.path}: {blocker} is a file, not a folder") from None
+            raise OutputError(f"{self.path}: cannot create its folder {self.path.parent} "
+                              f"({reason(exc)})") from None
+        existed = os.path.lexists(self.path)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                st = None
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise OutputError(f"{self.path}: is {kind_of(st.st_mode)}, not a file") from None
+            raise self._fail(exc, "cannot open for writing") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO opened for reading and writing, a device
+            os.close(fd)
+            raise OutputError(f"{self.path}: is {kind_of(st.st_mode)}, not a file")
+        os.set_blocking(fd, True)
+        self._fd = fd
+        self.created = not existed
+
+    def _row_ok(self, row: dict[str, str]) -> bool:
+        """Whether a last row without its final newline holds sensible values (subclasses
+        check types)."""
+        return True
+
+    def _adopt(self, resume: bool) -> None:
+        """Check what the file holds and make it end with a whole line (under the lock)."""
+        try:
+            existing = _read_fd(self._fd)
+        except OSError as exc:
+            raise self._fail(exc, "cannot read") from None
+        if existing not in (b"", self._header) and not resume:  # a bare header holds no results
+            raise OutputError(f"{self.path}: already holds results; resume it or write to "
+                              "another file")
         complete = _complete_part(existing)
         tail = existing[len(complete):]
         # Check everything before touching the file: it may not be ours at all.
-        if complete:
-            header, self.rows = _parse_lines(self.path, _decode(self.path, complete))
-            if tuple(header) != self.columns:
-                raise InputError(f"{self.path}: columns {','.join(header)} do not match "
-                                 f"{','.join(self.columns)}; cannot resume into it")
-        elif tail and not _format_line(self.columns).startswith(tail):
-            raise InputError(f"{self.path}: not a results file of this kind; cannot resume into it")
-        if tail:
-            self.dropped = tail
-            os.truncate(self.path, len(complete))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        self._file = open(self.path, "ab")
-        if not complete:
-            self._write(_format_line(self.columns))
-        if created:
-            fsync_dir(self.path.parent.resolve())
+        try:
+            if complete:
+                header, self.rows = _parse_lines(self.path, _decode(self.path, complete))
+                if tuple(header) != self.columns:
+                    raise OutputError(f"{self.path}: columns {','.join(header)} do not match "
+                                      f"{','.join(self.columns)}; cannot resume into it")
+            elif tail and not self._header.startswith(tail):
+                raise OutputError(f"{self.path}: not a results file of this kind; cannot resume "
+                                  "into it")
+        except InputError as exc:  # malformed rows, not UTF-8: the file is not ours to extend
+            raise OutputError(str(exc)) from None
+        whole = _whole_row(tail, self.columns, self._row_ok) if complete and tail else None
+        try:
+            if whole is not None:  # saved without its final newline: keep it, end its line
+                self.rows.append(whole)
+                self._write(b"\n")
+            elif tail:
+                self.dropped = tail
+                os.ftruncate(self._fd, len(complete))
+            if not complete:
+                self._write(self._header)
+        except OSError as exc:
+            raise self._fail(exc) from None
 
     def _write(self, line: bytes) -> None:
-        self._file.write(line)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Append ``line`` whole and sync it, or cut the file back to where it ended."""
+        end = os.fstat(self._fd).st_size
+        try:
+            write_all(self._fd, line)
+            os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, end)
+            except OSError:
+                pass
+            raise
 
     def append(self, row: Mapping[str, object]) -> None:
-        """Write one row (missing columns empty, unknown keys refused) and make it durable."""
+        """Write one row (missing columns empty, unknown keys refused) and make it durable.
+
+        Raises :class:`OutputError` when it cannot be written (the file still ends with the
+        previous whole row)."""
         unknown = set(row) - set(self.columns)
         if unknown:
             raise ValueError(f"{self.path}: unknown columns {sorted(unknown)}")
@@ -236,10 +375,30 @@ class RowLog:
         for value in values:
             if "\n" in value or "\r" in value:
                 raise InputError(f"{self.path}: cannot record {value!r}: line breaks are not allowed")
-        self._write(_format_line(values))
+        if self._fd is None:
+            raise OutputError(f"{self.path}: is closed")
+        with _locked(self._fd):
+            try:
+                self._write(_format_line(values))
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot write ({reason(exc)})") from None
+
+    def discard_if_unused(self) -> None:
+        """Remove the file again if this object created it and it holds only the header (the
+        run it was opened for never started)."""
+        if self._fd is None or not self.created:
+            return
+        with _locked(self._fd):
+            try:
+                if os.fstat(self._fd).st_size == len(self._header):
+                    os.unlink(self.path)
+            except OSError:
+                pass
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "RowLog":
         return self
@@ -257,6 +416,13 @@ class ScoreCsvWriter(RowLog):
 
     def __init__(self, path, extra: Iterable[str] = (), *, resume: bool = True):
         super().__init__(path, score_columns(extra), resume=resume)
+
+    def _row_ok(self, row: dict[str, str]) -> bool:
+        try:
+            FileScore.from_row(row)
+        except (KeyError, ValueError):
+            return False
+        return True
 
     def write(self, score: FileScore, name: Optional[str] = None, **extra: object) -> None:
         """Append ``score`` (keyed by ``name``, default its path) with values for the extra columns."""

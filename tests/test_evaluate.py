@@ -15,7 +15,7 @@ from scipy import stats
 
 from cover_engine.runtime.cli import eval as cli_eval
 from cover_engine.runtime.eval import evaluate as ev
-from cover_engine.runtime.errors import CoverError, EngineError, InputError
+from cover_engine.runtime.errors import CoverError, EngineError, InputError, OutputError
 from cover_engine.runtime.eval.labels import LabelItem, locate, read_labels
 from cover_engine.runtime.results import SCORE_COLUMNS, FileScore, RowLog, read_rows
 
@@ -142,9 +142,9 @@ def test_row_log_appends_durably_and_refuses_to_overwrite(tmp_path):
             log.append({"name": "two\nlines", "x": 2})
         with pytest.raises(ValueError):
             log.append({"name": "c", "y": 2})
-    with pytest.raises(InputError, match="already holds results"):
+    with pytest.raises(OutputError, match="already holds results"):
         RowLog(path, ("name", "x"))
-    with pytest.raises(InputError, match="do not match"):
+    with pytest.raises(OutputError, match="do not match"):
         RowLog(path, ("name", "x", "mos"), resume=True)
 
 
@@ -155,10 +155,10 @@ def test_row_log_resume_drops_torn_row_and_keeps_everything_before(tmp_path):
             log.append({"name": f"v{i}", "x": i})
     complete = path.read_bytes()
     with open(path, "ab") as f:
-        f.write(b"v3,0.12")  # killed mid-row
+        f.write(b"v3,")  # killed mid-row: the last field is not there
     assert [r["name"] for r in read_rows(path)[1]] == ["v0", "v1", "v2"]
     with RowLog(path, ("name", "x"), resume=True) as log:
-        assert log.dropped == b"v3,0.12"
+        assert log.dropped == b"v3,"
         assert [r["name"] for r in log.rows] == ["v0", "v1", "v2"]
         log.append({"name": "v3", "x": 3})
     data = path.read_bytes()
@@ -176,11 +176,11 @@ def test_row_log_torn_header_is_rewritten(tmp_path):
 def test_row_log_leaves_a_foreign_file_untouched(tmp_path):
     path = tmp_path / "notes.csv"
     path.write_text("when,what\nmonday,plan")  # no final newline, as editors often save
-    with pytest.raises(InputError, match="do not match"):
+    with pytest.raises(OutputError, match="do not match"):
         RowLog(path, ("name", "x"), resume=True)
     torn = tmp_path / "torn.csv"
     torn.write_text("hello")
-    with pytest.raises(InputError, match="not a results file"):
+    with pytest.raises(OutputError, match="not a results file"):
         RowLog(torn, ("name", "x"), resume=True)
     assert path.read_text() == "when,what\nmonday,plan" and torn.read_text() == "hello"
 
@@ -188,7 +188,7 @@ def test_row_log_leaves_a_foreign_file_untouched(tmp_path):
 def test_row_log_malformed_middle_row_is_an_error_not_dropped(tmp_path):
     path = tmp_path / "scores.csv"
     path.write_text("name,x\na,1\nb,2,extra\nc,3\n")
-    with pytest.raises(InputError, match=r"scores.csv:3: malformed row"):
+    with pytest.raises(OutputError, match=r"scores.csv:3: malformed row"):
         RowLog(path, ("name", "x"), resume=True)
     assert path.read_text() == "name,x\na,1\nb,2,extra\nc,3\n"
 
@@ -233,7 +233,7 @@ def test_evaluate_resumes_after_a_crash(tmp_path):
         f.write(b"videos/v004.mp4,0.5")  # and a row torn by the crash
     before = csv.read_bytes()[: -len(b"videos/v004.mp4,0.5")]
 
-    with pytest.raises(InputError, match="already holds results"):
+    with pytest.raises(OutputError, match="already holds results"):
         ev.evaluate(items, FakeScorer(), csv, root=tmp_path, progress=False)
     resumed = FakeScorer()
     run = ev.evaluate(items, resumed, csv, root=tmp_path, resume=True, progress=False)

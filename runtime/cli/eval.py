@@ -18,9 +18,12 @@ from pathlib import Path
 import click
 
 from cover_engine.runtime.cli.common import command, cover_errors
-from cover_engine.runtime.cli.options import CheckedPath, csv_option, report_options, scorer_options
-from cover_engine.runtime.eval.evaluate import (evaluate, format_report, plot_fit,
+from cover_engine.runtime.cli.options import (CheckedPath, csv_option, report_options,
+                                              scorer_options, writable_output)
+from cover_engine.runtime.durable import write_atomic
+from cover_engine.runtime.eval.evaluate import (EVAL_EXTRA, evaluate, format_report, plot_fit,
                                                 report_dict, write_rescaled)
+from cover_engine.runtime.results import ScoreCsvWriter
 from cover_engine.runtime.eval.labels import FORMATS, check_distinct_files, read_labels
 from cover_engine.runtime.results import FileScorer
 
@@ -59,6 +62,7 @@ def build_scorer(**options) -> FileScorer:
 @report_options(json_help="Write counts, metrics, fit parameters and problem videos as JSON.",
                 plot_help="Write predicted-vs-MOS scatter with the fitted curve")
 @click.option("--rescaled", "rescaled_path", type=CheckedPath(dir_okay=False, path_type=Path),
+              callback=writable_output,
               help="Write raw scores with z-score, rank in [0, 1] and fixed 0-100 rescalings (CSV).")
 def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weights, clip_weights, config,
          random_weights, device, precision, torch_mode, seed, clips, colour, csv_path, resume,
@@ -70,15 +74,17 @@ def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weig
         check_distinct_files(labels_path, items, root)
     items = items[:limit] if limit else items
     csv_path = csv_path or default_csv(labels_path)
-    if not resume and csv_path.is_file() and csv_path.stat().st_size:
-        raise click.UsageError(f"{csv_path} already holds scores: pass --resume to continue that run, "
-                               "or choose another --csv")
+    with cover_errors():  # the CSV is checked (and made) before any scoring: path, kind, header
+        with ScoreCsvWriter(csv_path, EVAL_EXTRA, resume=True) as existing:
+            if existing.rows and not resume:
+                raise click.UsageError(f"{csv_path} already holds scores: pass --resume to "
+                                       "continue that run, or choose another --csv")
     click.echo(f"scores -> {csv_path}", err=True)
     options = dict(backend=backend, engines=engines, weights=weights, clip_weights=clip_weights,
                    config=config, random_weights=random_weights, device=device, precision=precision,
                    torch_mode=torch_mode, seed=seed, clips=clips, colour=colour,
                    log=lambda msg: click.echo(msg, err=True))
-    kept = f"\n(rows already in {csv_path} are kept; continue with --resume)"
+    kept = f"; the rows already in {csv_path} are kept, continue with --resume"
     started = time.perf_counter()
     try:
         with cover_errors(hint=kept):
@@ -97,15 +103,16 @@ def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weig
 
     metrics = run.metrics()
     click.echo(format_report(run, metrics))
-    if json_path is not None:
-        report = {"labels": str(labels_path), "root": str(root), **report_dict(run, metrics)}
-        json_path.write_text(json.dumps(report, indent=1) + "\n")
-    if not run.scores:
-        raise click.ClickException("no video was scored")
-    if rescaled_path is not None:
-        write_rescaled(run, rescaled_path)
-    if plot_path is not None:
-        plot_fit(run, metrics["overall"], plot_path)
+    with cover_errors():  # checked at parse time; a disk that fills up since still gets one line
+        if json_path is not None:
+            report = {"labels": str(labels_path), "root": str(root), **report_dict(run, metrics)}
+            write_atomic(json_path, (json.dumps(report, indent=1) + "\n").encode("utf-8"))
+        if not run.scores:
+            raise click.ClickException("no video was scored")
+        if rescaled_path is not None:
+            write_rescaled(run, rescaled_path)
+        if plot_path is not None:
+            plot_fit(run, metrics["overall"], plot_path)
 
 
 if __name__ == "__main__":  # pragma: no cover

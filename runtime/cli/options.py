@@ -34,7 +34,8 @@ from cover_engine.runtime.constants import (CLIP_WEIGHTS, COLOUR_MODES, COVER_WE
 from cover_engine.runtime.folders import path_problem
 
 __all__ = ["weight_options", "scoring_options", "scorer_options", "colour_option", "csv_option",
-           "report_options", "quiet_option", "BACKEND_CHOICES", "CheckedPath", "Device"]
+           "report_options", "quiet_option", "writable_output", "BACKEND_CHOICES", "CheckedPath",
+           "Device"]
 
 #: ``--backend`` values; auto = TensorRT if usable, else ONNX Runtime.
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -200,13 +201,33 @@ def _needs_matplotlib(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+def writable_output(ctx: click.Context, param: click.Parameter, value):
+    """Callback for an output file option: its folder must exist and take files, and the path
+    must be absent or a writable file -- checked when the command line is read, so a report
+    cannot fail only after the work it reports on."""
+    if value is not None:
+        from cover_engine.runtime.durable import check_output_file
+        from cover_engine.runtime.errors import OutputError
+
+        try:
+            check_output_file(value)
+        except OutputError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
+def _plot_output(ctx: click.Context, param: click.Parameter, value):
+    return writable_output(ctx, param, _needs_matplotlib(ctx, param, value))
+
+
 def report_options(*, json_help: str, plot_help: str) -> Decorator:
-    """``--json FILE`` and ``--plot FILE`` (arguments ``json_path``, ``plot_path``)."""
+    """``--json FILE`` and ``--plot FILE`` (arguments ``json_path``, ``plot_path``); both are
+    checked to be writable when the command line is parsed."""
     return _group(
         click.option("--json", "json_path", type=CheckedPath(dir_okay=False, path_type=Path),
-                     help=json_help),
+                     callback=writable_output, help=json_help),
         click.option("--plot", "plot_path", type=CheckedPath(dir_okay=False, path_type=Path),
-                     callback=_needs_matplotlib, help=plot_help + " (PNG; needs matplotlib)."),
+                     callback=_plot_output, help=plot_help + " (PNG; needs matplotlib)."),
     )
 
 

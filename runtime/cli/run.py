@@ -21,6 +21,7 @@ from cover_engine.runtime.cli.common import command, cover_errors, one_line
 from cover_engine.runtime.cli.options import csv_option, quiet_option, scorer_options
 from cover_engine.runtime.constants import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from cover_engine.runtime.folders import path_problem
+from cover_engine.runtime.errors import OutputError
 from cover_engine.runtime.results import FileScore
 
 __all__ = ["main", "expand_inputs", "format_table", "media_in_folder"]
@@ -116,15 +117,23 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
         for name, why in failures:
             click.echo(f"Error: {name}: {why}", err=True)
         sys.exit(1)
+    writer = None
     with cover_errors():
-        scorer = make_scorer(backend, engines=engines, weights=weights, clip_weights=clip_weights,
-                             device=device, precision=precision, torch_mode=torch_mode,
-                             seed=seed, clips=clips,
-                             config=config, random_weights=random_weights, log=log,
-                             colour=colour)
+        # the CSV first: a path that cannot take the rows is reported before a model is built
+        writer = ScoreCsvWriter(csv_path) if csv_path else None
+        try:
+            scorer = make_scorer(backend, engines=engines, weights=weights,
+                                 clip_weights=clip_weights, device=device, precision=precision,
+                                 torch_mode=torch_mode, seed=seed, clips=clips, config=config,
+                                 random_weights=random_weights, log=log, colour=colour)
+        except BaseException:
+            if writer is not None:
+                writer.discard_if_unused()
+                writer.close()
+            raise
 
-    writer = ScoreCsvWriter(csv_path) if csv_path else None
     rows: list[FileScore] = []
+    stopped = None
     progress = None
     if len(files) > 1 and not quiet:
         from tqdm import tqdm
@@ -134,7 +143,8 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
     try:
         # score_many: on the GPU path the next file is decoded while one is inferred; one bad
         # file never stops the batch (its exception comes back in its place)
-        for path, row in scorer.score_many(files):
+        batch = scorer.score_many(files)
+        for path, row in batch:
             if progress is not None:
                 progress.set_postfix_str(Path(path).name[-40:])
             if isinstance(row, Exception):
@@ -144,14 +154,20 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
                     f"cover-run: skipped {path}: {why}"
                 progress.write(note, file=sys.stderr) if progress is not None else log(note)
             else:
-                rows.append(row)
                 if writer is not None:
-                    writer.write(row)
+                    try:
+                        writer.write(row)
+                    except OutputError as exc:  # no place for more rows: stop, keep what is there
+                        stopped = exc
+                        break
+                rows.append(row)
                 if as_json:
                     click.echo(json.dumps(row.to_dict()))
             if progress is not None:
                 progress.update(1)
     finally:
+        if stopped is not None and hasattr(batch, "close"):
+            batch.close()
         if progress is not None:
             progress.close()
         if writer is not None:
@@ -166,6 +182,10 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
         click.echo(f"cover-run: {len(failures)} failed, {len(rows)} scored:", err=True)
         for name, why in failures:  # messages usually name the file already
             click.echo(f"  {why}" if name in why else f"  {name}: {why}", err=True)
+    if stopped is not None:
+        raise click.ClickException(f"{one_line(stopped)}; stopped: the {len(rows)} rows "
+                                   "before are kept, the remaining files were not recorded")
+    if failures:
         sys.exit(1)
 
 

@@ -11,7 +11,7 @@ the reports with the functions here.
 """
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from cover_engine.runtime.constants import BRANCHES
+from cover_engine.runtime.durable import write_atomic
 from cover_engine.runtime.errors import CoverError, InputError
 from cover_engine.runtime.eval.labels import LabelItem, locate
 from cover_engine.runtime.eval.metrics import Metrics, compute_metrics, rank_unit, to_percent, zscore
@@ -165,14 +166,12 @@ def write_rescaled(run: EvalRun, path) -> None:
     """Write :func:`rescaled_rows` as CSV (atomically: it is rebuilt from scratch each time)."""
     import csv
 
-    path = Path(path)
     rows = rescaled_rows(run)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue().encode("utf-8"))
 
 
 def report_dict(run: EvalRun, metrics: dict[str, Metrics]) -> dict:
@@ -235,4 +234,7 @@ def plot_fit(run: EvalRun, metrics: Metrics, path) -> None:
     ax.set_title(f"SROCC {_num(metrics.srocc)}   PLCC {_num(metrics.plcc)}")
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    image = io.BytesIO()
+    kind = Path(path).suffix.lstrip(".").lower()
+    fig.savefig(image, format=kind if kind in fig.canvas.get_supported_filetypes() else "png")
+    write_atomic(path, image.getvalue())
