@@ -90,6 +90,14 @@ def _drive(*args: str, fsize: int | None = None, unprivileged: bool = False, cwd
     return out
 
 
+def _row_text(name: str, seconds: float = 0.25) -> str:
+    """The CSV line (no newline) the writer makes for a fixed score of ``name``."""
+    from cover_engine.runtime.results import FileScore, _format_line
+
+    row = FileScore(name, 0.1, 0.2, 0.3, 0.6, 30, "64x48", "fake", seconds).to_row()
+    return _format_line([row[c] for c in SCORE_COLUMNS]).decode().rstrip("\n")
+
+
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("Error")]
 
@@ -173,7 +181,7 @@ def test_disk_full_mid_batch_stops_with_whole_rows(tmp_path, command):
     probe = tmp_path / "probe.csv"
     with ScoreCsvWriter(probe, ("mos",) if command == "eval" else ()) as w:
         pass
-    row = 140 if command == "run" else 150
+    row = len(_row_text(str(videos[0]))) + (6 if command == "eval" else 1)
     limit = probe.stat().st_size + int(2.5 * row)
     args = ([*map(str, videos), "--csv", str(csv)] if command == "run" else
             ["--labels", str(_labels(tmp_path, videos)), "--root", str(tmp_path), "--csv", str(csv)])
@@ -242,13 +250,14 @@ def test_torn_last_row_is_dropped(tmp_path, tail):
 
 
 def test_score_csv_keeps_a_whole_last_row_only_if_its_values_parse(tmp_path):
-    good = "clip.mp4,0.1,0.2,0.3,0.6,30,64x48,fake,0.2500"
+    good = _row_text("clip.mp4")
     path = tmp_path / "s.csv"
     path.write_text(HEADER + good)
     with ScoreCsvWriter(path) as w:
         assert [r["name"] for r in w.rows] == ["clip.mp4"]
     assert path.read_text() == HEADER + good + "\n"
-    bad = "clip.mp4,0.1,0.2,0.3,0.6,3x,64x48,fake,0.2500"  # frames not a number: torn or not ours
+    bad = good.replace(",30,", ",3x,")  # frames not a number: torn or not ours
+    assert bad != good
     path.write_text(HEADER + bad)
     with ScoreCsvWriter(path) as w:
         assert w.rows == [] and w.dropped == bad.encode()
@@ -277,7 +286,7 @@ def test_processes_creating_one_csv_write_one_header(tmp_path):
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read().decode()
     rows = _whole_rows(path)
-    assert sorted(rows) == sorted(f"p{k}-{i}.mp4,0.1,0.2,0.3,0.6,30,64x48,fake,0.1000"
+    assert sorted(rows) == sorted(_row_text(f"p{k}-{i}.mp4", seconds=0.1)
                                   for k in range(8) for i in range(5))
 
 
