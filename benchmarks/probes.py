@@ -17,11 +17,17 @@ from cover_engine.runtime.constants import BRANCHES
 from cover_engine.runtime.errors import CoverError, EngineError, InputError
 from .stages import CpuClock, CudaStreamClock, Timer, TorchCudaClock, module_sections, release_memory
 
-__all__ = ["BACKENDS", "Context", "Probe", "TorchProbe", "OrtProbe", "TrtProbe", "skip_reason",
+__all__ = ["BACKENDS", "TORCH_ROWS", "Context", "Probe", "TorchProbe", "OrtProbe", "TrtProbe", "skip_reason",
            "make_probe", "parse_backends", "importable", "device_used"]
 
+#: The torch rows: (precision, ``--torch-mode``) each. Rows other than fp32 eager need CUDA.
+TORCH_ROWS: dict[str, tuple[str, str]] = {
+    "torch-fp32": ("fp32", "eager"), "torch-fp16": ("fp16", "eager"),
+    "torch-bf16": ("bf16", "eager"), "torch-fp16-compile": ("fp16", "compile"),
+    "torch-fp16-graphs": ("fp16", "cuda-graphs"),
+}
 #: Rows cover-bench knows, in the order they are measured (the baseline first).
-BACKENDS: tuple[str, ...] = ("torch-fp32", "torch-fp16", "onnxruntime", "tensorrt")
+BACKENDS: tuple[str, ...] = (*TORCH_ROWS, "onnxruntime", "tensorrt")
 
 Log = Callable[[str], None]
 
@@ -116,13 +122,24 @@ class Probe:
 
 
 class TorchProbe(Probe):
-    """Forward hooks on the model's own modules: backbones, and gates with heads."""
+    """Forward hooks on the model's own modules: backbones, and gates with heads.
+
+    With ``hooks=False`` (the compiled and CUDA-graph rows) only ``inference`` and
+    ``end-to-end`` are timed: hooks would split torch.compile's graph, and a replayed CUDA
+    graph runs no Python to call them.
+    """
 
     note = "model stages timed by hooks on the model's modules"
 
-    def __init__(self, backend, device: str):
+    def __init__(self, backend, device: str, hooks: bool = True):
         super().__init__(backend, device)
         import torch
+
+        self.hooks = hooks
+        if not hooks:
+            self.stages_inside_run = False
+            self.note = ("inference and end-to-end only (stage hooks would change what is "
+                         "measured: torch.compile's graph, or a CUDA graph replay)")
 
         self._torch = torch
         self.cuda = backend.device.type == "cuda"
@@ -139,6 +156,8 @@ class TorchProbe(Probe):
             torch.cuda.reset_peak_memory_stats(backend.device)
 
     def sections(self, timer: Timer):
+        if not self.hooks:
+            return contextlib.nullcontext()
         return module_sections(timer, self.modules)
 
     def gpu_memory(self, before: Optional[int]) -> tuple[Optional[int], str]:
@@ -220,9 +239,10 @@ def _device_delta(device: str, before: Optional[int]) -> tuple[Optional[int], st
 def skip_reason(name: str, ctx: Context) -> Optional[str]:
     """Why row ``name`` cannot run here (checked before anything is exported), or None."""
     cuda = ctx.device.startswith("cuda")
-    if name == "torch-fp16" and not cuda:
-        return ("fp16 runs on a CUDA device (on a CPU torch only emulates it); "
-                f"device is {ctx.device}")
+    if name in TORCH_ROWS and name != "torch-fp32" and not cuda:
+        precision, mode = TORCH_ROWS[name]
+        return (f"{precision} {mode} runs on a CUDA device (on a CPU torch only emulates "
+                f"reduced precision); device is {ctx.device}")
     if name == "onnxruntime" and cuda:
         import onnxruntime as ort
 
@@ -233,7 +253,8 @@ def skip_reason(name: str, ctx: Context) -> Optional[str]:
         if not cuda:
             return f"TensorRT runs on a CUDA GPU; device is {ctx.device}"
         if not importable("tensorrt"):
-            return "the tensorrt package is not installed (pip install 'cover-engine[trt]')"
+            return ("the tensorrt package is not installed (pip install "
+                    "'cover-engine[gpu-cu12]' or '[gpu-cu13]')")
     if name in ("onnxruntime", "tensorrt") and ctx.engines is not None:
         from cover_engine.runtime.engines.manifest import load_manifest
 
@@ -247,12 +268,13 @@ def skip_reason(name: str, ctx: Context) -> Optional[str]:
 
 def make_probe(name: str, ctx: Context) -> Probe:
     """Build one row's backend (call :func:`skip_reason` first)."""
-    if name in ("torch-fp32", "torch-fp16"):
+    if name in TORCH_ROWS:
         from cover_engine.export.backend_torch import TorchBackend
 
-        return TorchProbe(TorchBackend(config=ctx.config, device=ctx.device,
-                                       precision=name.split("-")[1], model=ctx.model()),
-                          ctx.device)
+        precision, mode = TORCH_ROWS[name]
+        backend = TorchBackend.from_mode(mode, config=ctx.config, device=ctx.device,
+                                         precision=precision, model=ctx.model())
+        return TorchProbe(backend, ctx.device, hooks=mode == "eager")
     if name == "onnxruntime":
         from cover_engine.runtime.engines.ort_runner import OrtBackend
 

@@ -97,6 +97,12 @@ class FakeBuffer:
             HostMemory.forget(self.ptr)
         self.closed = True
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 class FakePinned:
     def __init__(self, shape, dtype=np.float32):
@@ -131,6 +137,9 @@ class FakeEvent:
 
     def query(self):
         return True
+
+    def elapsed_ms(self, start):
+        return 0.0
 
     def close(self):
         pass
@@ -186,6 +195,29 @@ def install_fake_gpu(monkeypatch) -> FakeCudaRuntime:
         monkeypatch.setattr(gpu, name, value)
     monkeypatch.setattr(gpu, "_POOLS", {})
     return runtime
+
+
+class EmulatedKernels:
+    """Stands in for the CUDA kernels: their numpy emulation, written where they would write.
+    Decoded frames on the (fake) device are read back through ``DeviceFrames.download``."""
+
+    def __init__(self, device=0, pool=None):
+        self.launches = 0
+        self.pool = pool if pool is not None else gpu.device_pool(device)
+
+    def launch(self, frames, tables, out_ptr, out_dtype, out_shape, stream):
+        from cover_engine.runtime.gpu.nvdec import DeviceFrames
+        from cover_engine.runtime.gpu.emulation import HostFrames, emulate_view
+
+        if isinstance(frames, DeviceFrames):
+            planes = [frames.download(s) for s in range(len(frames.indices))]
+            frames = HostFrames([y for y, _ in planes], [c for _, c in planes],
+                                frames.sample_shift, frames.conv)
+        count = int(np.prod(out_shape))
+        out = np.ctypeslib.as_array((ctypes.c_float * count).from_address(out_ptr))
+        out.reshape(out_shape)[:tables.clips] = emulate_view(tables, frames)
+        self.launches += 1
+        return self.pool.take(256)  # the tables' lease, as the real launch returns
 
 
 # ------------------------------------------------------------------------------ TensorRT

@@ -2,6 +2,7 @@
 whose report structure is checked (never its speed)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from pathlib import Path
@@ -245,6 +246,46 @@ def test_torch_rows_on_cuda_use_cuda_events(tmp_path, monkeypatch, small_config)
         assert row["clock"]["model_stages"] == "cuda-events"
         assert row["memory"]["gpu_peak_bytes"] > 0
     assert report["reference_matmul"]["dtype"] == "float16"
+
+
+def test_torch_gpu_rows_are_listed_and_skip_on_a_cpu(tmp_path, small_config):
+    """The GPU rows of the torch backend (bf16, torch.compile, CUDA graphs) are cover-bench
+    rows; on a CPU each is skipped with the reason, and the compiled and graph rows time
+    inference and end-to-end only (hooks would change what is measured)."""
+    from cover_engine.bench.probes import (BACKENDS, TORCH_ROWS, Context, TorchProbe,
+                                           make_probe, parse_backends, skip_reason)
+    from cover_engine.bench.stages import Timer
+    from cover_engine.export.config import ModelConfig
+
+    assert {"torch-bf16", "torch-fp16-compile", "torch-fp16-graphs"} <= set(BACKENDS)
+    assert parse_backends("torch-fp16-graphs,torch-fp32") == ["torch-fp32", "torch-fp16-graphs"]
+    ctx = Context(config=ModelConfig.from_json(small_config), device="cpu", batch=1,
+                  weights=None, clip_weights=None, engines=None, threads=None,
+                  workdir=tmp_path, log=lambda m: None)
+    for name in TORCH_ROWS:
+        reason = skip_reason(name, ctx)
+        assert (reason is None) == (name == "torch-fp32"), name
+        if reason:
+            assert "CUDA device" in reason and "device is cpu" in reason
+    compiled = make_probe("torch-fp16-compile", ctx)  # built, never run here
+    assert isinstance(compiled, TorchProbe) and compiled.backend.name == "torch-fp16-compile"
+    assert not compiled.stages_inside_run
+    assert isinstance(compiled.sections(Timer()), contextlib.nullcontext)
+    eager = make_probe("torch-fp32", ctx)
+    assert eager.stages_inside_run and eager.backend.name == "torch"
+
+
+@pytest.mark.gpu
+def test_torch_gpu_rows_run_on_cuda(tmp_path, monkeypatch, small_config):
+    _, report, _ = _run_bench(tmp_path, monkeypatch, small_config,
+                              "torch-fp32,torch-bf16,torch-fp16-compile,torch-fp16-graphs",
+                              "--device", "cuda")
+    rows = {row["name"]: row for row in report["backends"]}
+    for name, row in rows.items():
+        assert row["status"] == "ok", (name, row["reason"])
+        assert row["stages"]["inference"]["p50_ms"] > 0
+    assert "semantic" in rows["torch-bf16"]["stages"]
+    assert "semantic" not in rows["torch-fp16-graphs"]["stages"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_fakes import (CAPABILITY, GPU_NAME, TRT_VERSION, FakeBuffer, FakeCudaRuntime,
-                       fake_pynvvideocodec, fake_tensorrt, install_fake_gpu)
+from gpu_fakes import (CAPABILITY, GPU_NAME, TRT_VERSION, EmulatedKernels,
+                       FakeCudaRuntime, fake_pynvvideocodec, fake_tensorrt, install_fake_gpu)
 from media import pattern, write_video
 
 from cover_engine.runtime.engines import trt_runner as bt
@@ -296,6 +296,26 @@ def test_cuda_graphs_are_kept_per_batch_size(fake_gpu, folder):
     assert all(len(e.contexts) == 2 for e in engines.values())  # one per batch size
 
 
+def test_bench_per_engine_pass_runs_on_the_bound_contexts(fake_gpu, folder):
+    """cover-bench's TensorRT row times each engine on the slot's contexts for the batch size
+    just bound (the contexts of that (mode, batch) unit, not another size's)."""
+    from cover_engine.bench.probes import TrtProbe
+    from cover_engine.bench.stages import Timer
+
+    backend = bt.TrtBackend(folder, in_flight=1, log=lambda m: None)
+    probe = TrtProbe(backend, "cuda")
+    for batch in (2, 1):
+        views = _views(batch, batch)
+        backend.run(views)
+        timer = Timer(probe.clock)
+        probe.extra(views, timer)
+        slot = backend._slots[0]
+        contexts = slot.contexts_for("video")
+        assert contexts is slot.units[("video", batch)].contexts
+        assert all(c.shapes["view"][0] == batch for c in contexts.values())
+        assert all(c.runs >= 2 for c in contexts.values())  # run, then the timing pass
+
+
 def test_execution_units_per_slot_are_bounded(fake_gpu, folder):
     backend = bt.TrtBackend(folder, in_flight=1, cuda_graphs=False)
     for batch in (4, 1, 2, 3, 4, 1):
@@ -359,29 +379,6 @@ class HostDecoder:
                 pass
 
         return Frames([y for y, _, _ in nv12], [c for _, c, _ in nv12], 0, conv)
-
-
-class EmulatedKernels:
-    """Stands in for the CUDA kernels: their numpy emulation, written where they would write.
-    Decoded frames on the (fake) device are read back through ``DeviceFrames.download``."""
-
-    def __init__(self, device=0, pool=None):
-        self.launches = 0
-        self.pool = pool if pool is not None else gpu.device_pool(device)
-
-    def launch(self, frames, tables, out_ptr, out_dtype, out_shape, stream):
-        from cover_engine.runtime.gpu.nvdec import DeviceFrames
-        from cover_engine.runtime.gpu.emulation import HostFrames, emulate_view
-
-        if isinstance(frames, DeviceFrames):
-            planes = [frames.download(s) for s in range(len(frames.indices))]
-            frames = HostFrames([y for y, _ in planes], [c for _, c in planes],
-                                frames.sample_shift, frames.conv)
-        count = int(np.prod(out_shape))
-        out = np.ctypeslib.as_array((ctypes.c_float * count).from_address(out_ptr))
-        out.reshape(out_shape)[:tables.clips] = emulate_view(tables, frames)
-        self.launches += 1
-        return self.pool.take(256)  # the tables' lease, as the real launch returns
 
 
 def _cpu_scores(backend, video, seed, clips):

@@ -198,8 +198,14 @@ def test_container_hint_names_the_video_capability():
     reason = with_container_hint("PyNvVideoCodec cannot start: libnvcuvid.so.1: cannot open "
                                  "shared object file")
     assert reason.endswith("containers need NVIDIA_DRIVER_CAPABILITIES to include video")
-    assert with_container_hint("NVDEC cannot decode this vp8 stream: x") == \
+    assert with_container_hint("NVDEC cannot decode this vp8 stream: x", {}) == \
         "NVDEC cannot decode this vp8 stream: x"
+    # in a GPU container without the video capability, any NVDEC refusal names the setting
+    plain = "PyNvVideoCodec cannot start: RuntimeError"
+    assert "include video" in with_container_hint(plain, {"NVIDIA_DRIVER_CAPABILITIES":
+                                                          "compute,utility"})
+    for caps in ("compute,utility,video", "all"):
+        assert with_container_hint(plain, {"NVIDIA_DRIVER_CAPABILITIES": caps}) == plain
 
 
 # ------------------------------------------------------------------------------ decoding

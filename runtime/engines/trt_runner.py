@@ -247,6 +247,11 @@ class _Slot:
         self.units[key] = _Unit(contexts)
         return self.units[key]
 
+    def contexts_for(self, mode: str) -> dict[str, object]:
+        """The execution contexts bound for ``mode`` at this slot's batch size (after
+        :meth:`prepare`), e.g. to enqueue the engines one by one for per-engine timing."""
+        return self._unit(mode, self.batch).contexts
+
     def prepare(self, mode: str, batch: int) -> None:
         """Buffers large enough for ``batch`` items of ``mode``, its unit bound to them."""
         if self.pending is not None:

@@ -40,6 +40,7 @@ the CPU path would only hide it.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
@@ -80,11 +81,17 @@ def _pynvvideocodec() -> tuple[object, str]:
     return PyNvVideoCodec, ""
 
 
-def with_container_hint(reason: str) -> str:
+def with_container_hint(reason: str, environ: Optional[Mapping[str, str]] = None) -> str:
     """``reason``, plus the container setting to check when it says the driver's video
-    libraries are missing (a GPU container without the ``video`` capability)."""
+    libraries are missing, or when this is a GPU container whose ``NVIDIA_DRIVER_CAPABILITIES``
+    leaves out ``video`` (then every file takes the CPU path, and the notice must say why)."""
+    environ = os.environ if environ is None else environ
     lower = reason.lower()
-    if any(word in lower for word in ("libnv", "nvcuvid", "shared object", "could not load")):
+    caps = environ.get("NVIDIA_DRIVER_CAPABILITIES")
+    no_video = caps is not None and not {"video", "all"} & {
+        c.strip().lower() for c in caps.split(",")}
+    if no_video or any(word in lower for word in ("libnv", "nvcuvid", "shared object",
+                                                  "could not load")):
         return f"{reason}; {NVDEC_CONTAINER_HINT}"
     return reason
 
