@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import SAMPLE
 
 import cover_engine
 from cover_engine.runtime.errors import CoverError, InputError
 
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "sample.mp4"
 
 
 def test_import_is_cheap_and_names_resolve_lazily():

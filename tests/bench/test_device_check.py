@@ -6,15 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 from cover_engine.bench import device_check as dc
 from cover_engine.runtime.gpu import cuda as gpu
 from cover_engine.runtime.gpu import nvdec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 
 
 @pytest.mark.skipif(gpu.gpu_available(), reason="a GPU is present: the check runs for real")
@@ -75,7 +75,7 @@ def test_the_gpu_branch_of_a_clip_check_runs_on_fakes(tmp_path, monkeypatch):
     conversions) is the CPU's bit for bit; a substituted frame is reported as a failure."""
     from dataclasses import replace
 
-    from gpu_fakes import EmulatedKernels, fake_pynvvideocodec, install_fake_gpu
+    from helpers.gpu_fakes import EmulatedKernels, fake_pynvvideocodec, install_fake_gpu
 
     from cover_engine.runtime.constants import OFFICIAL_VIEWS
     from cover_engine.runtime.gpu import pipeline

@@ -21,9 +21,10 @@ from cover_engine.runtime.cli import run as cli_run
 from cover_engine.runtime.constants import COVER_HOME_ENV, MAX_CLIPS, MAX_SEED
 from cover_engine.runtime.engines import ort_runner
 
-from test_manifest import make_engine_folder
+from helpers import REPO_ROOT
+from helpers.toy_engines import make_engine_folder
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 
 
 def one_line(result, code: int) -> str:

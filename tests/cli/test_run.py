@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import SAMPLE
 
 from cover_engine.bench.clips import write_clip
 from cover_engine.runtime.cli.run import expand_inputs, format_table, main
 from cover_engine.runtime.results import FileScore
 from cover_engine.runtime.scoring import Scorer
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "sample.mp4"
 
 
 def test_expand_inputs_files_folders_globs(tmp_path):
@@ -169,7 +168,7 @@ class _MapsScorer:
     def score(self, path):
         from types import SimpleNamespace
 
-        from cover_engine.runtime.scoring import file_score
+        from cover_engine.runtime.results import file_score
 
         value = {"nan": np.nan, "inf": np.inf}.get(Path(path).stem, 0.25)
         maps = {b: np.full((1, 1, 2, 7, 7), 0.25, np.float32)

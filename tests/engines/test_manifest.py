@@ -1,8 +1,9 @@
 """manifest.json: schema, file checks, graph/manifest agreement, and the ONNX Runtime backend.
 
 The engine folders here are tiny hand-made ONNX graphs with COVER's graph signatures (no torch,
-no export), so every failure mode is quick to provoke; tests/test_onnx_export.py does the same
-checks on a real export of the reference-vector model.
+no export; ``helpers/toy_engines.py``), so every failure mode is quick to provoke;
+``tests/export/test_onnx_export.py`` does the same checks on a real export of the
+reference-vector model.
 """
 from __future__ import annotations
 
@@ -15,98 +16,17 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from helpers.toy_engines import C, HW, INPUTS, T, make_engine_folder, toy_graph, toy_maps, toy_views
 
-from cover_engine.runtime.engines.identity import METADATA_BRANCH, graph_metadata
-from cover_engine.runtime.engines.ort_runner import OrtBackend, select_providers
-from cover_engine.runtime.constants import BRANCHES, ViewSpec, views_for_inputs
-from cover_engine.runtime.errors import EngineError, InputError
+from cover_engine.runtime.constants import ViewSpec, views_for_inputs
 from cover_engine.runtime.engines.cache import engine_cache_name
-from cover_engine.runtime.engines.manifest import (BATCH, MANIFEST_FILE, MANIFEST_SCHEMA, SCHEMA_VERSION,
-                                           FileRef, GraphEntry, Manifest, TensorRTInfo,
-                                           TensorSpec, check_io, check_tensorrt,
-                                           load_manifest, validate_manifest,
-                                           write_manifest)
-
-T, HW, C = 2, 32, 3  # frames, view side (one 32 px fragment for the technical view), feature channels
-INPUTS = {b: (1, 3, T, HW, HW) for b in BRANCHES}
-ONNX_TYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
-
-
-def _toy_graph(branch: str, frames: int, dtype: str,
-               mode: str = "video") -> tuple[onnx.ModelProto, GraphEntry]:
-    """score_map = mean over channels of the view (+ mean of sem_feats); sem_feats = spatial mean.
-
-    Inputs are ``dtype``; the score map is cast to float32, as the exported fp16 graphs do. The
-    graph carries its mode and branch in its metadata, as exported graphs do. The technical and
-    aesthetic graphs are the same graph: only that metadata tells them apart.
-    """
-    f = ONNX_TYPE[dtype]
-    view = TensorSpec("view", (BATCH, 3, frames, HW, HW), dtype, "view")
-    feats = TensorSpec("sem_feats", (BATCH, C, frames), dtype, "semantic:sem_feats")
-    score = TensorSpec("score_map", (BATCH, 1, frames, HW, HW), "float32")
-    axes = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)  # noqa: E731
-    nodes = [helper.make_node("ReduceMean", ["view", "ax1"], ["m"], keepdims=1)]
-    inits = [axes("ax1", [1])]
-    inputs, outputs = [view], [score]
-    if branch == "semantic":
-        nodes.append(helper.make_node("ReduceMean", ["view", "ax34"], ["sem_feats"], keepdims=0))
-        inits.append(axes("ax34", [3, 4]))
-        outputs.append(TensorSpec("sem_feats", feats.shape, dtype))
-        last = "m"
-    else:
-        inputs.append(feats)
-        nodes += [helper.make_node("Unsqueeze", ["sem_feats", "ax34"], ["u"]),
-                  helper.make_node("ReduceMean", ["u", "ax1"], ["s"], keepdims=1),
-                  helper.make_node("Add", ["m", "s"], ["sum"])]
-        inits.append(axes("ax34", [3, 4]))
-        last = "sum"
-    nodes.append(helper.make_node("Cast", [last], ["score_map"], to=TensorProto.FLOAT))
-
-    def info(t: TensorSpec):
-        return helper.make_tensor_value_info(t.name, ONNX_TYPE[t.dtype], list(t.shape))
-
-    model = helper.make_model(
-        helper.make_graph(nodes, branch, [info(t) for t in inputs], [info(t) for t in outputs],
-                          inits), opset_imports=[helper.make_opsetid("", 18)])
-    helper.set_model_props(model, graph_metadata(mode, branch))
-    onnx.checker.check_model(model, full_check=True)
-    entry = GraphEntry(mode=mode, branch=branch, file=FileRef("", 0, "0" * 64),
-                       inputs=tuple(inputs), outputs=tuple(outputs))
-    return model, entry
-
-
-def make_engine_folder(folder: Path, precision: str = "fp32", modes=("video", "image")) -> Manifest:
-    folder.mkdir(parents=True, exist_ok=True)
-    dtype = "float16" if precision == "fp16" else "float32"
-    graphs = []
-    for mode in modes:
-        for branch in BRANCHES:
-            model, entry = _toy_graph(branch, T if mode == "video" else 1, dtype, mode)
-            name = f"{branch}.onnx" if mode == "video" else f"{branch}-image.onnx"
-            onnx.save_model(model, str(folder / name))
-            graphs.append(replace(entry, mode=mode, file=FileRef.of(folder, folder / name)))
-    manifest = Manifest(name="toy", created="2024-01-01T00:00:00+00:00", precision=precision,
-                        opset=18, batch={"min": 1, "opt": 1, "max": 4},
-                        model={"inputs": {b: list(s) for b, s in INPUTS.items()}},
-                        views=views_for_inputs(INPUTS), weights={"random_seed": 0},
-                        tools={"cover_engine": "test", "tensorrt": None}, graphs=tuple(graphs))
-    write_manifest(folder, manifest)
-    return manifest
-
-
-def toy_views(frames: int, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {b: rng.standard_normal((batch, 3, frames, HW, HW)).astype(np.float32)
-            for b in BRANCHES}
-
-
-def toy_maps(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What the toy graphs compute, in numpy."""
-    feats = views["semantic"].mean(axis=(3, 4))
-    extra = feats.mean(axis=1)[:, None, :, None, None]
-    return {b: views[b].mean(axis=1, keepdims=True) + (0 if b == "semantic" else extra)
-            for b in BRANCHES}
+from cover_engine.runtime.engines.identity import METADATA_BRANCH
+from cover_engine.runtime.engines.manifest import (MANIFEST_FILE, MANIFEST_SCHEMA, SCHEMA_VERSION,
+                                                  FileRef, GraphEntry, TensorRTInfo, check_io,
+                                                  check_tensorrt, load_manifest,
+                                                  validate_manifest)
+from cover_engine.runtime.engines.ort_runner import OrtBackend, select_providers
+from cover_engine.runtime.errors import EngineError, InputError
 
 
 @pytest.fixture()
@@ -242,7 +162,7 @@ def test_unknown_input_source(folder):
 
 def test_graph_that_does_not_match_manifest(folder):
     """A real, intact graph file whose inputs are not the ones the manifest lists."""
-    model, _ = _toy_graph("technical", T, "float32")
+    model, _ = toy_graph("technical", T, "float32")
     model.graph.input[1].name = "features"
     for n in model.graph.node:
         n.input[:] = ["features" if i == "sem_feats" else i for i in n.input]
@@ -308,7 +228,7 @@ def test_graph_without_identity_metadata_is_refused(folder):
 
 
 def test_check_io_shapes_and_dtypes():
-    _, entry = _toy_graph("semantic", T, "float32")
+    _, entry = toy_graph("semantic", T, "float32")
     ok_inputs = [("view", ["batch", 3, T, HW, HW], "float32")]
     outputs = [("score_map", [None, 1, T, HW, HW], "float32"), ("sem_feats", [-1, C, T], "float32")]
     check_io(entry, ok_inputs, outputs, "x.onnx")

@@ -14,7 +14,7 @@ from cover_engine.runtime.cli.run import main as run_main
 from cover_engine.runtime.engines.manifest import MANIFEST_FILE, load_manifest
 from cover_engine.runtime.errors import EngineError
 
-from test_manifest import make_engine_folder
+from helpers.toy_engines import make_engine_folder
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ from cover_engine.runtime.eval import evaluate as ev
 from cover_engine.runtime.eval.labels import check_distinct_files, name_key, read_labels
 from cover_engine.runtime.results import read_rows
 
-from test_evaluate import FakeScorer
+from helpers.fake_scorer import FakeScorer
 
 
 def _refused(tmp_path, text: str, fmt: str = "auto", name: str = "labels.txt", **kwargs) -> str:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_fakes import (CAPABILITY, GPU_NAME, TRT_VERSION, EmulatedKernels,
-                       FakeCudaRuntime, fake_pynvvideocodec, fake_tensorrt, install_fake_gpu)
-from media import pattern, write_video
+from helpers.gpu_fakes import (CAPABILITY, GPU_NAME, TRT_VERSION, EmulatedKernels,
+                               FakeCudaRuntime, fake_pynvvideocodec, fake_tensorrt,
+                               install_fake_gpu)
+from helpers.media import pattern, write_video
 
 from cover_engine.runtime.engines import trt_runner as bt
 from cover_engine.runtime.engines.identity import engine_name
@@ -425,7 +426,7 @@ def test_nvdec_pipeline_gives_the_cpu_scores(pipeline_parts, folder, tmp_path):
     sizes), through the pooled frame buffers and the kernels' maths, to the CPU's scores."""
     gpu_views, _ = pipeline_parts
     videos = [_encode_h264(tmp_path / "clip.mp4")]
-    from media import has_encoder, textured
+    from helpers.media import has_encoder, textured
     if has_encoder("libx265"):
         videos.append(write_video(tmp_path / "hevc10.mkv",
                                   [textured(112, 176, t) for t in range(24)], codec="libx265",
@@ -515,7 +516,7 @@ def test_score_many_decodes_the_next_file_while_one_is_inferred(pipeline_parts, 
 def test_views_and_frames_come_from_the_pool(pipeline_parts, folder, tmp_path, monkeypatch):
     """Defect 8: no cudaMalloc / cudaFree per launch or per file once the pool is warm."""
     gpu_views, _ = pipeline_parts
-    import gpu_fakes
+    from helpers import gpu_fakes
 
     video = _encode_h264(tmp_path / "clip.mp4", frames=16)
     backend = bt.TrtBackend(folder, in_flight=2)

@@ -16,7 +16,7 @@ from dataclasses import replace
 import av
 import numpy as np
 import pytest
-from media import has_encoder, pattern, write_video
+from helpers.media import has_encoder, pattern, write_video
 
 from cover_engine.runtime.gpu import cuda as gpu
 from cover_engine.runtime.gpu import kernels as kernel_files

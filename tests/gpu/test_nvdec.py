@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_fakes import (FAKE_CAPS, FakeDecodedFrame, FakeSimpleDecoder, HostMemory,
+from helpers.gpu_fakes import (FAKE_CAPS, FakeDecodedFrame, FakeSimpleDecoder, HostMemory,
                        PyNvVCExceptionUnsupported, fake_pynvvideocodec, install_fake_gpu)
-from media import has_encoder, pattern, textured, write_video
+from helpers.media import has_encoder, pattern, textured, write_video
 
 from cover_engine.runtime.gpu import cuda as gpu
 from cover_engine.runtime.gpu import nvdec

@@ -1,6 +1,6 @@
 """The decord conversion's maths without decord: small frames whose RGB was produced by the
 libswscale that decord bundles (FFmpeg 4.1, configured as decord's filter graph, on x86-64;
-``tests/data/decord_swscale.npz``), and the invariants of the tables. ``test_decord_parity.py``
+``tests/media/data/decord_swscale.npz``), and the invariants of the tables. ``test_decord_parity.py``
 holds the same code to decord itself where the wheel installs."""
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from cover_engine.runtime.media.decode import (Frame, ShortVideoError, frame_ind
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.views.assemble import build_views, load_views, normalise
 
-from media import (flat, frame_number, has_encoder, pattern, remux, textured, write_audio,
+from helpers.media import (flat, frame_number, has_encoder, pattern, remux, textured, write_audio,
                    write_image, write_video)
 
 SMALL = {"semantic": replace(OFFICIAL_VIEWS["semantic"], clip_len=4, t_frag=4, size_h=28,

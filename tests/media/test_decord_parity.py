@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from media import has_encoder, textured, write_video
+from helpers.media import has_encoder, textured, write_video
 
 from cover_engine.runtime.media.decode import probe, read_frames
 

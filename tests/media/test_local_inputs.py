@@ -25,7 +25,7 @@ from cover_engine.runtime.media.decode import probe
 from cover_engine.runtime.results import FileScore
 from cover_engine.runtime.scoring import Scorer
 
-from media import flat, write_image, write_video
+from helpers.media import flat, write_image, write_video
 
 #: Literal file names that FFmpeg would otherwise take as a protocol, with their frame counts.
 PROTOCOL_NAMES = {"file:a.mp4": 7, "http:b.mp4": 5, "concat:a.mp4|b.mp4": 6, "pipe:0": 4,
@@ -77,7 +77,7 @@ def test_pipe_name_never_reads_stdin(media_dir):
 
     def run():
         with open(media_dir / "a.mp4", "rb") as stdin:
-            out = subprocess.run([sys.executable, "-c", code.format(tests=str(Path(__file__).parent))],
+            out = subprocess.run([sys.executable, "-c", code.format(tests=str(Path(__file__).parent.parent))],
                                  stdin=stdin, capture_output=True, text=True, timeout=120,
                                  cwd=media_dir)
         assert out.returncode == 0, out.stderr

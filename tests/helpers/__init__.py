@@ -1,0 +1,11 @@
+"""What several test files share: synthetic media (:mod:`.media`), fakes of the GPU stack
+(:mod:`.gpu_fakes`), toy engine folders (:mod:`.toy_engines`) and a fake scorer over a generated
+labelled set (:mod:`.fake_scorer`). Importable as ``helpers.*`` because pytest puts ``tests/``
+(the folder of the root ``conftest.py``) on ``sys.path``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The repository root, and the bundled sample clip.
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+SAMPLE = REPO_ROOT / "samples" / "sample.mp4"
