@@ -6,9 +6,12 @@ table, the JSON file and the plot can never disagree. Stage figures are in milli
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+from cover_engine.runtime.durable import write_atomic
 
 #: Stages in timeline order. ``glue`` is inference time not inside a named model stage (host <->
 #: device copies, input checks, launches, feature expansion); ``inference`` is the backend call
@@ -108,7 +111,7 @@ def format_table(report: Mapping[str, Any]) -> str:
 def write_json(report: Mapping[str, Any], path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))  # whole or nothing
 
 
 def write_plot(report: Mapping[str, Any], path: Path) -> None:
@@ -145,7 +148,11 @@ def write_plot(report: Mapping[str, Any], path: Path) -> None:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    image = io.BytesIO()
+    kind = path.suffix.lstrip(".").lower()
+    fig.savefig(image, dpi=120, bbox_inches="tight",
+                format=kind if kind in fig.canvas.get_supported_filetypes() else "png")
+    write_atomic(path, image.getvalue())  # whole or nothing
     plt.close(fig)
 
 

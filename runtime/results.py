@@ -43,7 +43,7 @@ from cover_engine.runtime.durable import fsync_dir, kind_of, reason, write_all
 from cover_engine.runtime.errors import InputError, OutputError
 
 __all__ = ["FileScore", "FileScorer", "branch_scores", "file_score", "SCORE_COLUMNS",
-           "score_columns", "read_rows", "RowLog", "ScoreCsvWriter"]
+           "score_columns", "read_rows", "RowLog", "ScoreCsvWriter", "ResultsExist"]
 
 #: Columns of every score CSV, in order; callers may append extra columns (``cover-eval``: mos).
 SCORE_COLUMNS: tuple[str, ...] = (
@@ -214,6 +214,10 @@ def read_rows(path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows + ([last] if last is not None else [])
 
 
+class ResultsExist(OutputError):
+    """The CSV already holds rows and was not opened to be continued (``resume=False``)."""
+
+
 @contextlib.contextmanager
 def _locked(fd: int):
     """An exclusive ``flock`` on the open CSV while its end is read or written: two processes
@@ -320,9 +324,6 @@ class RowLog:
             existing = _read_fd(self._fd)
         except OSError as exc:
             raise self._fail(exc, "cannot read") from None
-        if existing not in (b"", self._header) and not resume:  # a bare header holds no results
-            raise OutputError(f"{self.path}: already holds results; resume it or write to "
-                              "another file")
         complete = _complete_part(existing)
         tail = existing[len(complete):]
         # Check everything before touching the file: it may not be ours at all.
@@ -337,6 +338,9 @@ class RowLog:
                                   "into it")
         except InputError as exc:  # malformed rows, not UTF-8: the file is not ours to extend
             raise OutputError(str(exc)) from None
+        if existing not in (b"", self._header) and not resume:  # a bare header holds no results
+            raise ResultsExist(f"{self.path}: already holds results; continue it (--resume) or "
+                               "write to another file")
         whole = _whole_row(tail, self.columns, self._row_ok) if complete and tail else None
         try:
             if whole is not None:  # saved without its final newline: keep it, end its line

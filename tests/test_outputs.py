@@ -412,3 +412,22 @@ def test_cover_run_leaves_no_header_only_csv_when_the_scorer_cannot_start(tmp_pa
     result = CliRunner().invoke(cli_run.main, [str(tmp_path / "x.mp4"), "--csv", str(csv)])
     assert result.exit_code == 1 and "no engines here" in result.output
     assert not csv.exists()
+
+
+def test_eval_csv_with_rows_needs_resume_and_is_left_untouched(tmp_path):
+    videos = _videos(tmp_path / "clips", 4)
+    csv = tmp_path / "s.csv"
+    args = ["--labels", _labels(tmp_path, videos), "--root", tmp_path, "--csv", csv]
+    assert _drive("eval", *args).returncode == 0
+    with open(csv, "ab") as f:
+        f.write(b"clips/v09.mp4,0.1")  # torn by a crash
+    before = csv.read_bytes()
+    out = _drive("eval", *args)
+    assert out.returncode == 2 and csv.read_bytes() == before
+    errors = _error_lines(out.stderr)
+    assert len(errors) == 1 and "already holds results; continue it (--resume)" in errors[0]
+    assert "SCORER BUILT" not in out.stderr
+    out = _drive("eval", *args, "--resume")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("dropped a partly written last row") == 1
+    assert len(_whole_rows(csv)) == 4

@@ -91,12 +91,13 @@ def main(input_path, resolution, frames, codec, backend_list, runs, warmup, batc
     except ValueError as exc:  # a malformed --resolution
         raise click.ClickException(str(exc)) from None
     click.echo(rep.format_table(report))
-    if json_path:
-        rep.write_json(report, json_path)
-        log(f"cover-bench: wrote {json_path}")
-    if plot_path:
-        rep.write_plot(report, plot_path)
-        log(f"cover-bench: wrote {plot_path}")
+    with cover_errors():  # checked at parse time; a disk that fills up since still gets one line
+        if json_path:
+            rep.write_json(report, json_path)
+            log(f"cover-bench: wrote {json_path}")
+        if plot_path:
+            rep.write_plot(report, plot_path)
+            log(f"cover-bench: wrote {plot_path}")
     if not any(b["status"] == "ok" for b in report["backends"]):
         sys.exit(1)
 

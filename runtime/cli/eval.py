@@ -23,7 +23,7 @@ from cover_engine.runtime.cli.options import (CheckedPath, csv_option, report_op
 from cover_engine.runtime.durable import write_atomic
 from cover_engine.runtime.eval.evaluate import (EVAL_EXTRA, evaluate, format_report, plot_fit,
                                                 report_dict, write_rescaled)
-from cover_engine.runtime.results import ScoreCsvWriter
+from cover_engine.runtime.results import ResultsExist, ScoreCsvWriter
 from cover_engine.runtime.eval.labels import FORMATS, check_distinct_files, read_labels
 from cover_engine.runtime.results import FileScorer
 
@@ -75,10 +75,13 @@ def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weig
     items = items[:limit] if limit else items
     csv_path = csv_path or default_csv(labels_path)
     with cover_errors():  # the CSV is checked (and made) before any scoring: path, kind, header
-        with ScoreCsvWriter(csv_path, EVAL_EXTRA, resume=True) as existing:
-            if existing.rows and not resume:
-                raise click.UsageError(f"{csv_path} already holds scores: pass --resume to "
-                                       "continue that run, or choose another --csv")
+        try:
+            with ScoreCsvWriter(csv_path, EVAL_EXTRA, resume=resume) as existing:
+                if existing.dropped:
+                    click.echo(f"{csv_path}: dropped a partly written last row left by an "
+                               "interrupted run", err=True)
+        except ResultsExist as exc:  # a usage question, not a broken file
+            raise click.UsageError(str(exc)) from None
     click.echo(f"scores -> {csv_path}", err=True)
     options = dict(backend=backend, engines=engines, weights=weights, clip_weights=clip_weights,
                    config=config, random_weights=random_weights, device=device, precision=precision,
