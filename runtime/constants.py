@@ -190,3 +190,19 @@ DEFAULT_COLOUR = "decord"
 MAX_CLIPS = 64
 #: ``--seed``: numpy seeds are non-negative; 32 bits keeps the value portable to a C++ host.
 MAX_SEED = 2**32 - 1
+
+# ----------------------------------------------------------------------------- calibration
+
+#: Fewest labelled videos ``cover-eval --fit-calibration`` fits a logistic to: four parameters
+#: need several times as many points before the curve means anything (dozens are better).
+MIN_CALIBRATION_VIDEOS = 10
+#: Fewest videos a reference distribution (``--reference-distribution``) is made from.
+MIN_REFERENCE_VIDEOS = 10
+#: Nominal MOS scales of the common VQA sets; a calibration records the narrowest that holds
+#: its set's MOS unless the scale is given (KoNViD-1k, YouTube-UGC: 1-5; LSVQ, LIVE-VQC: 0-100).
+MOS_SCALES: tuple[tuple[float, float], ...] = (
+    (0.0, 1.0), (1.0, 5.0), (0.0, 5.0), (1.0, 10.0), (0.0, 10.0), (0.0, 100.0))
+#: How many of a file's lowest-scoring windows ``--timeline-plot`` marks (fewer on short files:
+#: at most one window in :data:`WORST_WINDOW_FRACTION`).
+WORST_WINDOWS = 3
+WORST_WINDOW_FRACTION = 0.25

@@ -27,9 +27,9 @@ import math
 import os
 import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 try:
     import fcntl
@@ -66,10 +66,18 @@ class FileScore:
     backend: str
     seconds: float
     colour: str = DEFAULT_COLOUR  # YUV -> RGB conversion used (constants.COLOUR_MODES)
+    #: Optional additions, present in JSON only when set (``to_dict`` leaves out None):
+    #: ``mos``, the calibrated prediction (``--calibration``); ``percentile`` of the overall
+    #: score in a reference set (``--percentile-of``); ``segments``, one dict per time window
+    #: (``--segments``, whose window mean the scores above then are).
+    mos: Optional[float] = None
+    percentile: Optional[float] = None
+    segments: Optional[list[dict[str, Any]]] = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        """Plain fields, for JSON."""
-        return asdict(self)
+        """Plain fields, for JSON (optional additions only when set)."""
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k not in OPTIONAL_FIELDS}
 
     def to_row(self, name: Optional[str] = None) -> dict[str, str]:
         """The CSV row; ``name`` (default: the path) is the key a resumed run matches on."""
@@ -142,6 +150,10 @@ def file_score(path, maps: Mapping[str, np.ndarray], info, backend: str,
                      aesthetic=mean["aesthetic"], overall=mean["overall"],
                      frames=int(info.num_frames), resolution=f"{info.width}x{info.height}",
                      backend=backend, seconds=time.perf_counter() - started, colour=colour)
+
+
+#: FileScore fields left out of JSON when unset (and never part of :data:`SCORE_COLUMNS`).
+OPTIONAL_FIELDS: tuple[str, ...] = ("mos", "percentile", "segments")
 
 
 def score_columns(extra: Iterable[str] = ()) -> tuple[str, ...]:

@@ -171,12 +171,16 @@ def load_views(path, specs: Mapping[str, ViewSpec], *, seed: Optional[int] = Non
         raise InputError(f"{path}: frame count changes between reads ({exc})") from None
 
 
+def frame_size(info: MediaInfo, rotate: bool, colour: str = DEFAULT_COLOUR) -> tuple[int, int]:
+    """``(height, width)`` of the frames ``iter_frames`` delivers: turned a quarter when
+    ``rotate`` applies a rotation the colour mode's reference turns by (plans need the size)."""
+    turned = quarter_turns(info.rotation) % 2 if colour == "decord" else info.rotation % 180 == 90
+    return (info.width, info.height) if rotate and turned else (info.height, info.width)
+
+
 def _load(path, info: MediaInfo, specs, seed, clips, rotate,
           seek: bool = True, colour: str = DEFAULT_COLOUR) -> dict[str, np.ndarray]:
-    height, width = info.height, info.width
-    turned = quarter_turns(info.rotation) % 2 if colour == "decord" else info.rotation % 180 == 90
-    if rotate and turned:
-        height, width = width, height
+    height, width = frame_size(info, rotate, colour)
     assemblers = [ViewAssembler(plan_views(info.num_frames, height, width, specs,
                                            rng=clip_rng(seed, k), clip=k, clips=clips,
                                            is_image=info.is_image)) for k in range(clips)]
