@@ -94,6 +94,8 @@ class TorchBackend(Backend):
             cfg = resolve_config(config)
         self.device = torch.device(device)
         self.precision = precision
+        #: The seed of random weights (None with real weights): part of the model's identity.
+        self.random_seed = seed if getattr(model, "weight_files", None) is None else None
         self.model = model.to(self.device).eval()
         self.config = cfg
         self.specs: dict[str, ViewSpec] = views_for_inputs(cfg.inputs)

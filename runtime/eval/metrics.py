@@ -52,15 +52,19 @@ class LogisticFit:
         return logistic4(x, *self.params)
 
 
-def fit_logistic(pred, mos, *, maxfev: int = MAX_FIT_EVALUATIONS) -> LogisticFit:
-    """Fit :func:`logistic4` from ``pred`` to ``mos`` as upstream does; :class:`FitError` if it fails."""
+def fit_logistic(pred, mos, *, maxfev: int = MAX_FIT_EVALUATIONS,
+                 scale0: float = 0.5) -> LogisticFit:
+    """Fit :func:`logistic4` from ``pred`` to ``mos`` as upstream does; :class:`FitError` if it fails.
+
+    ``scale0`` is the start of ``b4`` (upstream's 0.5; calibration also tries the spread of the
+    predictions, see ``calibration``)."""
     pred = np.asarray(pred, dtype=np.float64)
     mos = np.asarray(mos, dtype=np.float64)
     if pred.size < 4:
         raise FitError(f"a 4-parameter fit needs at least 4 videos, got {pred.size}")
     if np.ptp(pred) == 0:
         raise FitError("every prediction is the same value")
-    p0 = [np.max(mos), np.min(mos), np.mean(pred), 0.5]
+    p0 = [np.max(mos), np.min(mos), np.mean(pred), scale0]
     with warnings.catch_warnings():
         # The covariance estimate (which we do not use) is often singular; that is not a failure.
         warnings.simplefilter("ignore", optimize.OptimizeWarning)
