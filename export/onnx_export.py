@@ -12,7 +12,7 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -99,7 +99,7 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
                batch_opt: int = 1, modes: Sequence[str] = MODES, engines: Optional[bool] = None,
                timing_cache: Union[None, str, Path] = None, check: bool = False,
                external_threshold: int = EXTERNAL_DATA_THRESHOLD, model: Optional[COVER] = None,
-               log: Log = print) -> Manifest:
+               calibration: Optional[Mapping] = None, log: Log = print) -> Manifest:
     """Export the whole engine folder: graphs, optional TensorRT engines, ``manifest.json``.
 
     ``engines``: None builds TensorRT engines for fp16 when tensorrt is importable (and says so
@@ -107,6 +107,8 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
     Runtime against PyTorch on random views (``cover-export`` does by default; at official sizes
     on a CPU it costs minutes, so the automatic export of ``cover-run`` skips it). ``model`` skips
     weight loading (its weights are then recorded as given by ``weights``/``clip_weights``).
+    ``calibration`` (a calibration file's content) goes into the manifest, after checking that it
+    was fitted for these weights and views (refused before any graph is exported otherwise).
     """
     if precision not in ("fp32", "fp16"):
         raise EngineError(f"unknown precision {precision!r} (choose fp32 or fp16)")
@@ -142,6 +144,8 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
             official, weights, clip_weights)
     model = model.float().eval()
     log(f"      ready in {time.perf_counter() - t0:.1f} s")
+    if calibration is not None:
+        calibration = _checked_calibration(calibration, weight_info, views_for_inputs(cfg.inputs))
 
     entries: list[GraphEntry] = []
     plans = graph_plans(cfg, modes)
@@ -187,11 +191,22 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
         precision=precision, opset=opset, batch=batch, model=cfg.to_dict(),
         views=views_for_inputs(cfg.inputs), weights=weight_info, tools=tool_versions(trt_info),
         graphs=tuple(entries), tensorrt=trt_info, scores=dict(SCORE_RULES),
-        kernels=FileRef.of(out_dir, kernels.name))
+        kernels=FileRef.of(out_dir, kernels.name), calibration=calibration)
     path = write_manifest(out_dir, manifest)
     log(f"wrote {path} ({len(entries)} graphs, {precision}) in "
         f"{time.perf_counter() - started:.1f} s")
     return manifest
+
+
+def _checked_calibration(calibration: Mapping, weight_info: dict, views) -> dict:
+    """``calibration`` as a plain dict, refused (CalibrationError) unless it was fitted for
+    these weights and views."""
+    from cover_engine.runtime.eval.calibration import Calibration
+    from cover_engine.runtime.model_identity import ModelIdentity
+
+    cal = Calibration.from_dict(calibration)
+    cal.check(ModelIdentity.of(weight_info, views), source="--calibration")
+    return cal.to_dict()
 
 
 def tool_versions(trt_info=None) -> dict[str, Optional[str]]:

@@ -5,6 +5,7 @@ Examples::
     cover-export                                  # fp32 ONNX graphs in engines/cover-fp32/
     cover-export --precision fp16                 # + TensorRT engines when tensorrt is installed
     cover-export --config my.json --weights a.pth --clip-weights b.pt --out engines/mine
+    cover-export --calibration kv1k.cal.json      # manifest carries the MOS calibration
 
 The exporter (:mod:`cover_engine.export.onnx_export`) needs torch; it is imported inside the
 command, so this module, like all of ``runtime``, imports without torch.
@@ -17,7 +18,8 @@ from typing import Optional
 import click
 
 from cover_engine.runtime.cli.common import command, cover_errors
-from cover_engine.runtime.cli.options import CheckedPath, quiet_option, weight_options
+from cover_engine.runtime.cli.options import (CheckedPath, calibration_option, quiet_option,
+                                              weight_options)
 from cover_engine.runtime.engines.manifest import MODES
 from cover_engine.runtime.engines.manifest.schema import MAX_BATCH
 from cover_engine.runtime.folders import folder_problem
@@ -62,9 +64,11 @@ def default_name(precision: str, config: Optional[Path], random_weights: bool) -
               help="Also export the single-image (T=1) graphs.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Compare each graph in ONNX Runtime with PyTorch on random views.")
+@calibration_option("Put this calibration (cover-eval --fit-calibration, made for these "
+                    "weights) into the manifest, so every host can report calibrated MOS.")
 @quiet_option
 def main(precision, out, name, weights, clip_weights, config, random_weights, batch_max, batch_opt,
-         opset, engine, timing_cache, images, check, quiet):
+         opset, engine, timing_cache, images, check, calibration, quiet):
     """Export COVER's three branches to ONNX (one graph per branch, for videos and for images),
     optionally build TensorRT engines, and write manifest.json describing all of it."""
     if batch_opt > batch_max:
@@ -77,6 +81,16 @@ def main(precision, out, name, weights, clip_weights, config, random_weights, ba
         raise click.ClickException(f"{out}: {problem} (--out)")
     log = (lambda msg: None) if quiet else click.echo
     with cover_errors():
+        cal = None
+        if calibration is not None:  # refused for other weights before the long export
+            from cover_engine.runtime.eval.calibration import load_calibration
+            from cover_engine.runtime.model_identity import identity_from_options
+
+            cal = load_calibration(calibration)
+            cal.check(identity_from_options(backend="torch", weights=weights,
+                                            clip_weights=clip_weights, config=config,
+                                            random_weights=random_weights),
+                      source=str(calibration))
         try:
             from cover_engine.export.onnx_export import export_all
         except ImportError as exc:
@@ -86,7 +100,7 @@ def main(precision, out, name, weights, clip_weights, config, random_weights, ba
                    precision=precision, random_weights=random_weights, name=name, opset=opset,
                    batch_max=batch_max, batch_opt=batch_opt, engines=engine,
                    timing_cache=timing_cache, modes=MODES if images else ("video",),
-                   check=check, log=log)
+                   check=check, calibration=cal.to_dict() if cal else None, log=log)
 
 
 if __name__ == "__main__":  # pragma: no cover

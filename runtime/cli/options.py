@@ -9,6 +9,9 @@
   groups and ``--colour`` (the YUV -> RGB conversion, :data:`~.constants.COLOUR_MODES`).
 * Output: :func:`csv_option`, :func:`report_options` (``--json FILE``, ``--plot FILE``; a plot
   is refused up front when matplotlib is missing), :func:`quiet_option`.
+* Meaning of scores: :func:`calibration_option` (``--calibration FILE``, all three commands that
+  take one), :func:`percentile_option` (``--percentile-of FILE``), :data:`timeline_options`
+  (``--segments SECONDS``, ``--timeline-plot FILE``).
 
 Each group is a decorator; the options arrive as keyword arguments named as below.
 
@@ -34,8 +37,8 @@ from cover_engine.runtime.constants import (CLIP_WEIGHTS, COLOUR_MODES, COVER_WE
 from cover_engine.runtime.folders import path_problem
 
 __all__ = ["weight_options", "scoring_options", "scorer_options", "colour_option", "csv_option",
-           "report_options", "quiet_option", "writable_output", "BACKEND_CHOICES", "CheckedPath",
-           "Device"]
+           "report_options", "quiet_option", "writable_output", "calibration_option",
+           "percentile_option", "timeline_options", "BACKEND_CHOICES", "CheckedPath", "Device"]
 
 #: ``--backend`` values; auto = TensorRT if usable, else ONNX Runtime.
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -233,3 +236,43 @@ def report_options(*, json_help: str, plot_help: str) -> Decorator:
 
 quiet_option: Decorator = click.option("-q", "--quiet", is_flag=True,
                                        help="No progress bars or notes; errors only.")
+
+
+def calibration_option(help: str) -> Decorator:
+    """``--calibration FILE`` (argument ``calibration``), from ``cover-eval --fit-calibration``."""
+    return click.option("--calibration", type=CheckedPath(dir_okay=False, path_type=Path),
+                        help=help)
+
+
+def percentile_option(help: str) -> Decorator:
+    """``--percentile-of FILE`` (argument ``percentile_of``): a reference distribution."""
+    return click.option("--percentile-of", "percentile_of",
+                        type=CheckedPath(dir_okay=False, path_type=Path), help=help)
+
+
+def _positive_seconds(ctx: click.Context, param: click.Parameter, value):
+    if value is None:
+        return None
+    from fractions import Fraction
+
+    try:
+        seconds = Fraction(value)
+    except (ValueError, ZeroDivisionError):
+        raise click.BadParameter(f"{value!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise click.BadParameter("must be more than 0 seconds")
+    return seconds
+
+
+#: ``--segments SECONDS`` (argument ``segments``: an exact Fraction or None) and
+#: ``--timeline-plot FILE`` (argument ``timeline_plot``; refused up front without matplotlib).
+timeline_options: Decorator = _group(
+    click.option("--segments", metavar="SECONDS", callback=_positive_seconds,
+                 help="Score consecutive windows of SECONDS (each sampled as one COVER clip); "
+                      "the file's scores become the mean of its windows, and JSON gets "
+                      "'segments', --csv a NAME.segments.csv beside it."),
+    click.option("--timeline-plot", "timeline_plot", callback=_plot_output,
+                 type=CheckedPath(dir_okay=False, path_type=Path),
+                 help="With --segments: plot each file's window scores over time, worst windows "
+                      "marked (PNG; needs matplotlib)."),
+)

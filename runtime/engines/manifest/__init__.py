@@ -7,11 +7,12 @@ sampled and normalised, and how the score maps become scores. The manifest is ch
 scoring: schema and version, every listed file's size and sha256, and (by each backend) that the
 graphs' real inputs and outputs are the ones listed here.
 
-Layout (schema version 3; :data:`MANIFEST_SCHEMA` is the formal description)::
+Layout (schema version 4; :data:`MANIFEST_SCHEMA` is the formal description)::
 
-    schema, schema_version    "cover-engine-manifest", 3 (2: graphs and engines name their own
+    schema, schema_version    "cover-engine-manifest", 4 (2: graphs and engines name their own
                               mode and branch, see identity.py; 3: preprocessing names the two
-                              colour conversions; older folders are re-exported)
+                              colour conversions; 4: ``calibration``; older folders are
+                              re-exported)
     name, created, precision  export name, UTC time, "fp32" | "fp16"
     opset, batch              ONNX opset; {"min", "opt", "max"} batch sizes engines are built for
     model                     the architecture (ModelConfig.to_dict())
@@ -33,6 +34,9 @@ Layout (schema version 3; :data:`MANIFEST_SCHEMA` is the formal description)::
         engine                TensorRT engine built from this graph or null:
                               {file: {...}, profiles: {input: {min, opt, max}}}
     tensorrt                  null, or {version, gpu, compute_capability, timing_cache}
+    calibration               null, or a calibration to MOS (a cover-eval --fit-calibration
+                              file, same schema): mos = b2 + (b1 - b2) / (1 + exp(-(x - b3) /
+                              |b4|)) with x the raw overall score and b1..b4 = fits.overall
 
 Running a mode: the semantic graph first (view -> score_map, sem_feats), then technical and
 aesthetic (view, sem_feats -> score_map). Video mode takes sampled clips; image mode takes one

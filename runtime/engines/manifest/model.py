@@ -153,6 +153,8 @@ class Manifest:
     scores: dict = field(default_factory=lambda: dict(SCORE_RULES))
     #: The CUDA view kernels' source, shipped in the folder for a C++ host (None: not shipped).
     kernels: Optional[FileRef] = None
+    #: A calibration to MOS (the content of a ``cover-eval --fit-calibration`` file), or None.
+    calibration: Optional[dict] = None
 
     @property
     def specs(self) -> dict[str, ViewSpec]:
@@ -195,6 +197,7 @@ class Manifest:
             "tools": self.tools,
             "graphs": [g.to_dict() for g in self.graphs],
             "tensorrt": self.tensorrt.to_dict() if self.tensorrt else None,
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -207,7 +210,8 @@ class Manifest:
                    graphs=tuple(GraphEntry.from_dict(g) for g in d["graphs"]),
                    kernels=(FileRef(**d["preprocessing"]["kernels"])
                             if d["preprocessing"].get("kernels") else None),
-                   tensorrt=TensorRTInfo(**d["tensorrt"]) if d["tensorrt"] else None)
+                   tensorrt=TensorRTInfo(**d["tensorrt"]) if d["tensorrt"] else None,
+                   calibration=d.get("calibration"))
 
 
 def jsonable(value: Any) -> Any:

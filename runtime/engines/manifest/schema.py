@@ -8,6 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from cover_engine.runtime.constants import BRANCHES, DEFAULT_COLOUR
+from cover_engine.runtime.eval.calibration_schema import CALIBRATION_SCHEMA
+
+#: A calibration embedded in a manifest: the calibration file's schema, without its "$schema".
+CALIBRATION_BODY: dict[str, Any] = {k: v for k, v in CALIBRATION_SCHEMA.items() if k != "$schema"}
 
 __all__ = ["MANIFEST_FILE", "SCHEMA_ID", "SCHEMA_VERSION", "MODES", "PRECISIONS", "BATCH",
            "SCORE_RULES", "PREPROCESSING", "MANIFEST_SCHEMA", "MAX_FRAMES", "MAX_PIXELS",
@@ -17,7 +21,8 @@ __all__ = ["MANIFEST_FILE", "SCHEMA_ID", "SCHEMA_VERSION", "MODES", "PRECISIONS"
 MANIFEST_FILE = "manifest.json"
 SCHEMA_ID = "cover-engine-manifest"
 #: 3: preprocessing gained colour_default / colour_exact (decord-exact default colour).
-SCHEMA_VERSION = 3
+#: 4: an optional calibration to MOS (``calibration``: null or a calibration file's content).
+SCHEMA_VERSION = 4
 MODES: tuple[str, ...] = ("video", "image")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 #: Name of the dynamic batch axis in graph shapes.
@@ -157,7 +162,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema", "schema_version", "name", "created", "precision", "opset", "batch",
                  "model", "views", "normalisation", "preprocessing", "scores", "weights", "tools",
-                 "graphs", "tensorrt"],
+                 "graphs", "tensorrt", "calibration"],
     "properties": {
         "schema": {"const": SCHEMA_ID},
         "schema_version": {"const": SCHEMA_VERSION},
@@ -226,6 +231,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
             },
         },
+        "calibration": {"oneOf": [{"type": "null"}, CALIBRATION_BODY]},
         "tensorrt": {"oneOf": [{"type": "null"}, {
             "type": "object",
             "required": ["version", "gpu", "compute_capability", "timing_cache"],
