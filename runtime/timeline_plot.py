@@ -7,7 +7,6 @@ matplotlib (the ``plot`` extra); drawn off-screen, written atomically.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -62,11 +61,14 @@ def plot_timeline(results: Sequence[FileScore], path) -> Path:
         fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
                    bbox_to_anchor=(0.5, 1.0), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
+    import io
+
+    from cover_engine.runtime.durable import write_atomic
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_atomic(path, png.getvalue())  # whole or not at all; OutputError names the path
+    return Path(path)
 
 
 def _panel(ax, result: FileScore) -> None:

@@ -256,7 +256,8 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
     if timeline_plot is not None and rows:
         from cover_engine.runtime.timeline_plot import plot_timeline
 
-        plot_timeline(rows, timeline_plot)
+        with cover_errors():  # checked at parse time; a disk that fills up since: one line
+            plot_timeline(rows, timeline_plot)
         log(f"timeline -> {timeline_plot}")
     if failures:
         click.echo(f"cover-run: {len(failures)} failed, {len(rows)} scored:", err=True)
