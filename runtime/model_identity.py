@@ -10,7 +10,7 @@ backend and ``cover-eval``'s options all name a model the same way.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 

@@ -26,7 +26,8 @@ from cover_engine.runtime.eval.reference import (REFERENCE_SCHEMA, build_referen
 from cover_engine.runtime.model_identity import (ModelIdentity, identity_from_options,
                                            identity_of_backend)
 
-from media import write_video
+from helpers import SAMPLE
+from helpers.media import write_video
 
 TARGETS = ("overall", "semantic", "technical", "aesthetic")
 N_VIDEOS, N_FIT = 18, 12
@@ -113,7 +114,7 @@ def test_round_trip_predicts_held_out_mos(labelled_set, tmp_path):
     assert cal.fits["overall"].rmse < 0.3 and cal.fits["overall"].plcc > 0.9
 
 
-def test_the_file_says_everything_a_host_needs(labelled_set, tmp_path):
+def test_the_file_says_everything_a_host_needs(labelled_set, tmp_path, vectors_dir):
     jsonschema = pytest.importorskip("jsonschema")
     scores, mos = labelled_set["scores"], labelled_set["mos"]
     identity = identity_of_backend(labelled_set["scorer"].backend)
@@ -127,8 +128,8 @@ def test_the_file_says_everything_a_host_needs(labelled_set, tmp_path):
     from cover_engine.runtime.hashing import sha256_file
 
     base = data["weights"]["base"]
-    assert base["cover"]["sha256"] == sha256_file(_vectors_file("cover.pth"))
-    assert base["clip"]["sha256"] == sha256_file(_vectors_file("clip.pt"))
+    assert base["cover"]["sha256"] == sha256_file(vector_model(vectors_dir)["weights"])
+    assert base["clip"]["sha256"] == sha256_file(vector_model(vectors_dir)["clip_weights"])
     assert data["weights"]["head"] is None
     assert set(data["sampling"]) == {"seed", "clips", "views"}
     assert data["sampling"]["views"]["semantic"]["clip_len"] == 4
@@ -139,12 +140,6 @@ def test_the_file_says_everything_a_host_needs(labelled_set, tmp_path):
     np.testing.assert_allclose(by_hand, cal.predict(x), rtol=0, atol=1e-12)
     for branch in ("semantic", "technical", "aesthetic"):
         assert data["fits"][branch] is not None or branch in data["fit_errors"]
-
-
-def _vectors_file(name: str) -> Path:
-    from conftest import vectors_root
-
-    return vectors_root() / "model" / name
 
 
 # --------------------------------------------------------------------------- refusals
@@ -281,7 +276,7 @@ def test_identity_of_a_backend_matches_the_options(labelled_set, vectors_dir):
 
 
 def test_identity_from_an_engine_folder_is_its_manifest(tmp_path):
-    from test_manifest import INPUTS, make_engine_folder
+    from helpers.toy_engines import INPUTS, make_engine_folder
 
     from cover_engine.runtime.constants import views_for_inputs
     from cover_engine.runtime.engines.manifest import MANIFEST_FILE
@@ -508,9 +503,8 @@ def test_cover_run_segments_json_csv_and_timeline_plot(fitted, tmp_path, vectors
     pytest.importorskip("matplotlib")
     cal_path, _ = fitted
     cal = load_calibration(cal_path)
-    sample = Path(__file__).resolve().parent.parent / "samples" / "sample.mp4"
     out_csv, plot = tmp_path / "scores.csv", tmp_path / "timeline.png"
-    result = CliRunner().invoke(run_main, [str(sample), "--segments", "1", "--json", "--csv",
+    result = CliRunner().invoke(run_main, [str(SAMPLE), "--segments", "1", "--json", "--csv",
                                            str(out_csv), "--timeline-plot", str(plot),
                                            "--calibration", str(cal_path), "-q"]
                                 + _model_args(vectors_dir))
@@ -530,9 +524,9 @@ def test_cover_run_segments_json_csv_and_timeline_plot(fitted, tmp_path, vectors
     assert [float(w["mos"]) for w in windows] == [s["mos"] for s in segments]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
-    result = CliRunner().invoke(run_main, [str(sample), "--timeline-plot", str(plot)])
+    result = CliRunner().invoke(run_main, [str(SAMPLE), "--timeline-plot", str(plot)])
     assert result.exit_code == 2 and "--timeline-plot needs --segments" in result.output
-    result = CliRunner().invoke(run_main, [str(sample), "--segments", "0"])
+    result = CliRunner().invoke(run_main, [str(SAMPLE), "--segments", "0"])
     assert result.exit_code == 2 and "more than 0 seconds" in result.output
 
 
@@ -589,8 +583,7 @@ def test_manifest_carries_the_calibration_for_any_host(tmp_path, vectors_dir):
     assert data["schema_version"] == SCHEMA_VERSION and data["calibration"] == cal.to_dict()
     assert load_manifest(out).calibration == cal.to_dict()
 
-    sample = Path(__file__).resolve().parent.parent / "samples" / "sample.mp4"
-    result = CliRunner().invoke(run_main, [str(sample), "--backend", "onnxruntime", "--engines",
+    result = CliRunner().invoke(run_main, [str(SAMPLE), "--backend", "onnxruntime", "--engines",
                                            str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert "calibration 'for-random' from the engine folder's manifest" in result.output

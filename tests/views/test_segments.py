@@ -16,15 +16,13 @@ from cover_engine.runtime import timeline
 from cover_engine.runtime.constants import OFFICIAL_VIEWS, views_for_inputs
 from cover_engine.runtime.media import decode
 from cover_engine.runtime.media.decode import probe
-from cover_engine.runtime.media.timestamps import frame_times, packet_times
+from cover_engine.runtime.media.timestamps import frame_times
 from cover_engine.runtime.views.sampling import frame_indices
 from cover_engine.runtime.views.segments import (FrameTimes, Window, as_fraction, plan_windows,
                                                  uniform_times, window_of_frames, window_plans)
 
-from media import write_video
-
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "sample.mp4"
+from helpers import SAMPLE
+from helpers.media import flat, write_video
 #: Small views (the reference vectors' sizes): semantic 4 frames, technical/aesthetic 8.
 SMALL = views_for_inputs({"semantic": (1, 3, 4, 112, 112), "technical": (1, 3, 8, 224, 224),
                           "aesthetic": (1, 3, 8, 224, 224)})
@@ -232,16 +230,29 @@ def test_one_window_over_the_whole_file_is_the_ordinary_score():
 
 
 def test_an_image_has_no_windows(tmp_path):
-    from media import write_image
+    from helpers.media import write_image
 
     image = write_image(tmp_path / "a.png", np.full((40, 50, 3), 90, np.uint8))
     result = timeline.score_segments(LevelBackend(), image, 1)
     assert result.segments == [] and result.semantic == pytest.approx(90, abs=1)
 
 
-def test_a_truncated_file_is_cut_on_the_frames_that_decode(tmp_path):
-    from test_decode import noisy_mp4
+def noisy_mp4(path: Path, frames: int = 12) -> Path:
+    """An MP4 with its index first (faststart) and big frames: cut short, it keeps a header
+    that claims every frame."""
+    raw = write_video(path.with_suffix(".raw.mp4"),
+                      [flat(64, 64, t, noise=8) for t in range(frames)])
+    with av.open(str(raw)) as src, \
+            av.open(str(path), "w", options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return path
 
+
+def test_a_truncated_file_is_cut_on_the_frames_that_decode(tmp_path):
     data = noisy_mp4(tmp_path / "v.mp4").read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[:int(len(data) * 0.6)])
