@@ -25,11 +25,12 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 
 def build_model(config=None, *, weights=None, clip_weights=None, random_weights: bool = False,
-                seed: int = 0) -> tuple[COVER, ModelConfig]:
+                seed: int = 0, head=None, log=print) -> tuple[COVER, ModelConfig]:
     """The float32 eval-mode model, with official weights or (for speed tests) seeded random ones.
 
     With real weights, ``model.weight_files`` holds the two resolved paths (export manifests
-    record their checksums); with random weights it is None.
+    record their checksums); with random weights it is None. ``head``: a ``cover-train`` head
+    file, refused unless it was trained on these weights and config, then applied.
     """
     cfg = resolve_config(config)
     if random_weights:
@@ -44,6 +45,13 @@ def build_model(config=None, *, weights=None, clip_weights=None, random_weights:
                  resolve_weights(CLIP_WEIGHTS, clip_weights, official=official))
         model = load_model(cfg, *files)
         model.weight_files = files
+    if head is not None:
+        from .train.headfile import load_head
+        from .weights import weight_identity
+
+        identity = ({"random_seed": seed} if random_weights
+                    else weight_identity(cfg, *model.weight_files))
+        load_head(model, head, cfg, identity, log=log)
     return model.float().eval(), cfg
 
 
@@ -81,7 +89,7 @@ class TorchBackend(Backend):
     def __init__(self, *, config=None, weights=None, clip_weights=None, device: str = "cpu",
                  precision: str = "fp32", random_weights: bool = False, seed: int = 0,
                  compile: bool = False, cuda_graphs: bool = False,
-                 model: Optional[COVER] = None):
+                 model: Optional[COVER] = None, head=None, log=print):
         if precision not in PRECISIONS:
             raise CoverError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         _check_device(device)
@@ -89,9 +97,17 @@ class TorchBackend(Backend):
             raise CoverError("CUDA graphs need a CUDA device (--device cuda)")
         if model is None:
             model, cfg = build_model(config, weights=weights, clip_weights=clip_weights,
-                                     random_weights=random_weights, seed=seed)
+                                     random_weights=random_weights, seed=seed, head=head, log=log)
+        elif head is not None:
+            raise ValueError("give a head file to build_model, not beside a ready model")
         else:
             cfg = resolve_config(config)
+        #: ``{"file", "sha256"}`` of the cover-train head in use (calibrations record it).
+        self.head_identity = None
+        if head is not None:
+            from cover_engine.runtime.model_identity import head_record
+
+            self.head_identity = head_record(head)
         self.device = torch.device(device)
         self.precision = precision
         #: The seed of random weights (None with real weights): part of the model's identity.

@@ -32,17 +32,25 @@ from .convnext3d import ConvNeXt3D
 from .swin3d import SwinTransformer3D
 
 
+#: Dropout of upstream's heads (on their input and hidden layer) and of its cross-gates (after
+#: ``out_project_y``). Active only in train mode (``cover-train``); identity in eval mode, so
+#: inference and the exported graphs do not see it.
+HEAD_DROPOUT = 0.5
+GATE_DROPOUT = 0.1
+
+
 class VQAHead(nn.Module):
     """1x1x1 Conv3d -> GELU (erf) -> 1x1x1 Conv3d to one channel: a score per position."""
 
-    def __init__(self, in_channels: int, hidden_channels: int):
+    def __init__(self, in_channels: int, hidden_channels: int, dropout: float = HEAD_DROPOUT):
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.fc_hid = nn.Conv3d(in_channels, hidden_channels, kernel_size=1)
         self.gelu = nn.GELU()
         self.fc_last = nn.Conv3d(hidden_channels, 1, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_last(self.gelu(self.fc_hid(x)))
+        return self.fc_last(self.dropout(self.gelu(self.fc_hid(self.dropout(x)))))
 
 
 class CrossGatingBlock(nn.Module):
@@ -53,12 +61,14 @@ class CrossGatingBlock(nn.Module):
     grid, but the x path is per-position, so it is computed once per frame and broadcast.
     """
 
-    def __init__(self, x_channels: int, y_channels: int, channels: int):
+    def __init__(self, x_channels: int, y_channels: int, channels: int,
+                 dropout: float = GATE_DROPOUT):
         super().__init__()
         self.Conv_0 = nn.Linear(x_channels, channels)
         self.Conv_1 = nn.Linear(y_channels, channels)
         self.in_project_x = nn.Linear(channels, channels)
         self.out_project_y = nn.Linear(channels, channels)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: ``(B, Cx, T)``; y: ``(B, Cy, T, h, w)`` -> ``(B, channels, T, h, w)``."""
@@ -67,7 +77,7 @@ class CrossGatingBlock(nn.Module):
                              f"{tuple(y.shape)} in batch size or frame count")
         gate = F.gelu(self.in_project_x(self.Conv_0(x.transpose(1, 2))), approximate="tanh")
         y = self.Conv_1(y.permute(0, 2, 3, 4, 1))
-        y = self.out_project_y(y * gate[:, :, None, None, :]) + y
+        y = self.dropout(self.out_project_y(y * gate[:, :, None, None, :])) + y
         return y.permute(0, 4, 1, 2, 3)
 
 
@@ -90,23 +100,60 @@ class COVER(nn.Module):
         #: (h, w) of the semantic score map: the technical feature grid for the configured input.
         self.semantic_grid: tuple[int, int] = swin3d.output_size(cfg.technical, technical_thw)[1:]
 
-    def forward_semantic(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Semantic view -> (score map ``(B, 1, T, h, w)``, unit-norm features ``(B, C, T)``)."""
+    def semantic_features(self, view: torch.Tensor) -> torch.Tensor:
+        """Semantic view ``(B, 3, T, H, W)`` -> unit-norm CLIP features per frame ``(B, C, T)``."""
         b, c, t, h, w = view.shape
         frames = view.transpose(1, 2).reshape(b * t, c, h, w)
-        feats = self.semantic_backbone(frames).view(b, t, -1).transpose(1, 2)
-        score = self.semantic_head(feats[..., None, None])
-        return score.expand(-1, -1, -1, *self.semantic_grid), feats
+        return self.semantic_backbone(frames).view(b, t, -1).transpose(1, 2)
+
+    def technical_features(self, view: torch.Tensor) -> torch.Tensor:
+        """Technical (fragment) view -> Swin features ``(B, C, T', h, w)``."""
+        return self.technical_backbone(_as_clip(view))
+
+    def aesthetic_features(self, view: torch.Tensor) -> torch.Tensor:
+        """Aesthetic (resized) view -> ConvNeXt features ``(B, C, T', h, w)``."""
+        return self.aesthetic_backbone(_as_clip(view))
+
+    def semantic_score(self, sem_feats: torch.Tensor) -> torch.Tensor:
+        """Semantic features ``(B, C, T)`` -> score map ``(B, 1, T, h, w)``.
+
+        In eval mode the head runs once per frame and the map is broadcast (same values); in
+        train mode it runs on every grid position, as upstream, so dropout masks differ per
+        position.
+        """
+        feats = sem_feats[..., None, None]
+        if self.training:
+            return self.semantic_head(feats.expand(-1, -1, -1, *self.semantic_grid))
+        return self.semantic_head(feats).expand(-1, -1, -1, *self.semantic_grid)
+
+    def technical_score(self, feat: torch.Tensor, sem_feats: torch.Tensor) -> torch.Tensor:
+        """Technical backbone features gated by the semantic ones -> score map."""
+        return self.technical_head(self.smtc_gate_tech(sem_feats, feat))
+
+    def aesthetic_score(self, feat: torch.Tensor, sem_feats: torch.Tensor) -> torch.Tensor:
+        """Aesthetic backbone features gated by the semantic ones -> score map."""
+        return self.aesthetic_head(self.smtc_gate_aesc(sem_feats, feat))
+
+    def heads(self, sem_feats: torch.Tensor, tech_feat: torch.Tensor,
+              aes_feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three score maps from backbone features: everything after the (frozen) backbones,
+        i.e. what ``cover-train`` trains on cached features."""
+        return {"semantic": self.semantic_score(sem_feats),
+                "technical": self.technical_score(tech_feat, sem_feats),
+                "aesthetic": self.aesthetic_score(aes_feat, sem_feats)}
+
+    def forward_semantic(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Semantic view -> (score map ``(B, 1, T, h, w)``, unit-norm features ``(B, C, T)``)."""
+        feats = self.semantic_features(view)
+        return self.semantic_score(feats), feats
 
     def forward_technical(self, view: torch.Tensor, sem_feats: torch.Tensor) -> torch.Tensor:
         """Technical (fragment) view + semantic features -> score map ``(B, 1, T', h, w)``."""
-        feat = self.technical_backbone(_as_clip(view))
-        return self.technical_head(self.smtc_gate_tech(sem_feats, feat))
+        return self.technical_score(self.technical_features(view), sem_feats)
 
     def forward_aesthetic(self, view: torch.Tensor, sem_feats: torch.Tensor) -> torch.Tensor:
         """Aesthetic (resized) view + semantic features -> score map ``(B, 1, T', h, w)``."""
-        feat = self.aesthetic_backbone(_as_clip(view))
-        return self.aesthetic_head(self.smtc_gate_aesc(sem_feats, feat))
+        return self.aesthetic_score(self.aesthetic_features(view), sem_feats)
 
     def forward(self, semantic: torch.Tensor, technical: torch.Tensor,
                 aesthetic: torch.Tensor) -> dict[str, torch.Tensor]:

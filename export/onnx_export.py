@@ -30,6 +30,7 @@ from .cover import COVER
 from .graphs import DEFAULT_OPSET, GraphPlan, example_inputs, graph_module, graph_plans, trace_graph
 from .onnx_passes import (EXTERNAL_DATA_THRESHOLD, convert_to_fp16, fold_constants,
                           graph_signature, save_graph, set_graph_identity, trt_parser_problems)
+from .weights import weight_identity
 
 __all__ = ["OPSET_RANGE", "CHECK_TOLERANCE", "export_graph", "check_graph", "export_all",
            "tool_versions"]
@@ -99,7 +100,8 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
                batch_opt: int = 1, modes: Sequence[str] = MODES, engines: Optional[bool] = None,
                timing_cache: Union[None, str, Path] = None, check: bool = False,
                external_threshold: int = EXTERNAL_DATA_THRESHOLD, model: Optional[COVER] = None,
-               calibration: Optional[Mapping] = None, log: Log = print) -> Manifest:
+               calibration: Optional[Mapping] = None, head: Union[None, str, Path] = None,
+               log: Log = print) -> Manifest:
     """Export the whole engine folder: graphs, optional TensorRT engines, ``manifest.json``.
 
     ``engines``: None builds TensorRT engines for fp16 when tensorrt is importable (and says so
@@ -109,6 +111,8 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
     weight loading (its weights are then recorded as given by ``weights``/``clip_weights``).
     ``calibration`` (a calibration file's content) goes into the manifest, after checking that it
     was fitted for these weights and views (refused before any graph is exported otherwise).
+    ``head``: a ``cover-train`` head file, checked against these weights and config, put into
+    the graphs and named (with its sha256) in the manifest.
     """
     if precision not in ("fp32", "fp16"):
         raise EngineError(f"unknown precision {precision!r} (choose fp32 or fp16)")
@@ -127,8 +131,6 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
             raise EngineError("TensorRT engines asked for, but the tensorrt package is not "
                               "installed (pip install 'cover-engine[gpu-cu12]' or '[gpu-cu13]')")
     out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # no stale manifest over new files
     cfg = resolve_config(config)
     official = cfg == ModelConfig.official()
     steps = len(modes) * len(BRANCHES) + 2
@@ -140,12 +142,21 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
     if model is None:
         model, weight_info = _load(cfg, official, weights, clip_weights, random_weights, seed)
     else:
-        weight_info = {"random_seed": seed} if random_weights else _weight_info(
-            official, weights, clip_weights)
+        weight_info = {"random_seed": seed} if random_weights else weight_identity(
+            cfg, weights, clip_weights)
+    head_entry = None
+    if head is not None:
+        from .train.headfile import load_head, manifest_entry
+
+        head_entry = manifest_entry(load_head(model, head, cfg, weight_info, log=log))
+        log(f"      head {head_entry['file']} (sha256 {head_entry['sha256'][:12]}…) applied")
     model = model.float().eval()
     log(f"      ready in {time.perf_counter() - t0:.1f} s")
     if calibration is not None:
         calibration = _checked_calibration(calibration, weight_info, views_for_inputs(cfg.inputs))
+    # only now, with the model and head accepted, is the folder touched
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # no stale manifest over new files
 
     entries: list[GraphEntry] = []
     plans = graph_plans(cfg, modes)
@@ -189,7 +200,8 @@ def export_all(out_dir: Union[str, Path], *, weights=None, clip_weights=None, co
     manifest = Manifest(
         name=name or out_dir.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         precision=precision, opset=opset, batch=batch, model=cfg.to_dict(),
-        views=views_for_inputs(cfg.inputs), weights=weight_info, tools=tool_versions(trt_info),
+        views=views_for_inputs(cfg.inputs), weights=weight_info, head=head_entry,
+        tools=tool_versions(trt_info),
         graphs=tuple(entries), tensorrt=trt_info, scores=dict(SCORE_RULES),
         kernels=FileRef.of(out_dir, kernels.name), calibration=calibration)
     path = write_manifest(out_dir, manifest)
@@ -232,19 +244,7 @@ def _load(cfg, official, weights, clip_weights, random_weights, seed):
                            random_weights=random_weights, seed=seed)
     if random_weights:
         return model, {"random_seed": seed}
-    return model, _weight_info(official, model.weight_files[0], model.weight_files[1])
-
-
-def _weight_info(official, cover_path, clip_path) -> dict:
-    from cover_engine.runtime.hashing import sha256_file
-
-    info = {}
-    for key, wf, path in (("cover", COVER_WEIGHTS, cover_path), ("clip", CLIP_WEIGHTS, clip_path)):
-        if path is None and not official:
-            raise WeightsError(f"the weights of a custom model must be named ({wf.name})")
-        info[key] = {"file": Path(path).name if path else wf.name,
-                     "sha256": wf.sha256 if official else sha256_file(path)}
-    return info
+    return model, weight_identity(cfg, *model.weight_files)
 
 
 def _human(n: int) -> str:

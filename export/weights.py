@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import torch
 
@@ -148,6 +148,27 @@ def _checked(path: Path, key: str, t: torch.Tensor, like: torch.Tensor, model: C
 
 def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
+
+
+def weight_identity(cfg: ModelConfig, cover_path: Optional[PathLike],
+                    clip_path: Optional[PathLike]) -> dict:
+    """``{"cover"|"clip": {"file", "sha256"}}`` of the weights a model was loaded from (what
+    manifests and head files record, and what a head file's base is checked against).
+
+    The official config's files were verified against the published checksums when they were
+    resolved, so those are recorded without hashing 1.1 GB again; other files are hashed.
+    """
+    from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
+    from cover_engine.runtime.hashing import sha256_file
+
+    official = cfg == ModelConfig.official()
+    info = {}
+    for key, wf, path in (("cover", COVER_WEIGHTS, cover_path), ("clip", CLIP_WEIGHTS, clip_path)):
+        if path is None and not official:
+            raise WeightsError(f"the weights of a custom model must be named ({wf.name})")
+        info[key] = {"file": Path(path).name if path else wf.name,
+                     "sha256": wf.sha256 if official else sha256_file(path)}
+    return info
 
 
 def _check_file(path: PathLike) -> None:

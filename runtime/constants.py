@@ -206,3 +206,33 @@ MOS_SCALES: tuple[tuple[float, float], ...] = (
 #: at most one window in :data:`WORST_WINDOW_FRACTION`).
 WORST_WINDOWS = 3
 WORST_WINDOW_FRACTION = 0.25
+
+# ----------------------------------------------------------------------------- cover-train
+# Upstream's transfer-learning recipe (``cover.yml`` + ``train_one_dataset.py``): head-only
+# ("linear") epochs, AdamW, linear warm-up then cosine decay, EMA weights, random 80/20 splits.
+
+#: Head-only epochs (``l_num_epochs``) and warm-up length in epochs (``warmup_epochs``).
+TRAIN_EPOCHS = 10
+TRAIN_WARMUP_EPOCHS = 2.5
+#: Videos per optimisation step (``batch_size``).
+TRAIN_BATCH = 8
+#: AdamW learning rate and weight decay (``optimizer.lr``, ``optimizer.wd``); backbones, when
+#: unfrozen, learn at ``lr * TRAIN_BACKBONE_LR_MULT`` (``backbone_lr_mult``).
+TRAIN_LR = 1e-3
+TRAIN_WEIGHT_DECAY = 0.05
+TRAIN_BACKBONE_LR_MULT = 0.1
+#: Decay of the exponential moving average of the weights, evaluated beside the raw weights.
+TRAIN_EMA_DECAY = 0.999
+#: Loss per branch: PLCC loss + this x rank loss, summed over the branches.
+TRAIN_RANK_WEIGHT = 0.3
+#: Split seed (``split_seed``); split ``i`` (0-based) shuffles with ``seed * (i + 1)`` and keeps the
+#: first ``int(0.8 * n)`` videos for training, as upstream's ``train_test_split``.
+TRAIN_SPLIT_SEED = 42
+TRAIN_VAL_FRACTION = 0.2
+#: Fewer labelled videos than this cannot train anything meaningful; a validation part needs
+#: at least this many videos for a rank correlation worth reporting.
+TRAIN_MIN_VIDEOS = 10
+TRAIN_MIN_VAL_VIDEOS = 3
+#: Seed of the random (upstream-style) sampling of the augmentation clips; fixed, so that the
+#: feature cache serves every split and training seed.
+TRAIN_SAMPLE_SEED = 0

@@ -100,7 +100,8 @@ def identity_of_backend(backend) -> ModelIdentity:
     """The identity of a built backend: an engine folder's manifest, or the torch model's files."""
     manifest = getattr(backend, "manifest", None)
     if manifest is not None:
-        return ModelIdentity.of(manifest.weights, manifest.views, _head_of(backend))
+        return ModelIdentity.of(manifest.weights, manifest.views,
+                                _manifest_head(manifest) or _head_of(backend))
     model = getattr(backend, "model", None)
     files = getattr(model, "weight_files", "absent")
     if files == "absent":
@@ -119,9 +120,22 @@ def _head_of(backend) -> Optional[dict]:
     return head() if callable(head) else head
 
 
+def _manifest_head(manifest) -> Optional[dict]:
+    """``{"file", "sha256"}`` of the cover-train head an export carries (None: its own)."""
+    head = getattr(manifest, "head", None)
+    return {"file": head["file"], "sha256": head["sha256"]} if head else None
+
+
+def head_record(path) -> dict:
+    """``{"file", "sha256"}`` of a cover-train head file."""
+    from cover_engine.runtime.engines.head import head_sha256
+
+    return {"file": Path(path).name, "sha256": head_sha256(path)}
+
+
 def identity_from_options(*, backend: str = "auto", engines=None, weights=None,
                           clip_weights=None, config=None, random_weights: bool = False,
-                          **_ignored) -> ModelIdentity:
+                          head=None, **_ignored) -> ModelIdentity:
     """The identity ``make_backend`` with these options would have, without building it (so a
     finished ``cover-eval`` run can be calibrated without loading a model). An engine folder
     speaks for itself; otherwise the weights are resolved as ``make_backend`` resolves them and
@@ -132,7 +146,7 @@ def identity_from_options(*, backend: str = "auto", engines=None, weights=None,
         from cover_engine.runtime.engines.manifest import load_manifest
 
         manifest = load_manifest(engines, verify_files=False)
-        return ModelIdentity.of(manifest.weights, manifest.views)
+        return ModelIdentity.of(manifest.weights, manifest.views, _manifest_head(manifest))
     views = dict(OFFICIAL_VIEWS)
     if config is not None:
         try:
@@ -141,11 +155,12 @@ def identity_from_options(*, backend: str = "auto", engines=None, weights=None,
             views = views_for_inputs(data.get("inputs"))
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             raise InputError(f"{config}: not a readable model config ({exc})") from None
+    head_id = head_record(head) if head is not None else None
     if random_weights:
-        return ModelIdentity.of({"random_seed": 0}, views)
+        return ModelIdentity.of({"random_seed": 0}, views, head_id)
     official = config is None
     base = {"cover": weight_record(resolve_weights(COVER_WEIGHTS, weights, official=official),
                                    COVER_WEIGHTS if official else None),
             "clip": weight_record(resolve_weights(CLIP_WEIGHTS, clip_weights, official=official),
                                   CLIP_WEIGHTS if official else None)}
-    return ModelIdentity.of(base, views)
+    return ModelIdentity.of(base, views, head_id)

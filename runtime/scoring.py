@@ -65,28 +65,33 @@ class Scorer:
 
 def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
                  device: str = "cpu", precision: str = "fp32", torch_mode: str = "eager",
-                 config=None, random_weights: bool = False, log=print) -> Backend:
+                 config=None, random_weights: bool = False, head=None, log=print) -> Backend:
     """Build the named backend; ``auto`` picks TensorRT, then ONNX Runtime, from the engine folder.
 
-    ``auto`` with no engine folder uses the cached export for these weights, exporting it once
-    (which needs torch and the weights) when it is not there yet.
+    ``auto`` with no engine folder uses the cached export for these weights (and ``head``, a
+    ``cover-train`` head file), exporting it once (which needs torch and the weights) when it is
+    not there yet. With an engine folder, ``head`` must be the one its manifest names.
     """
     if torch_mode != "eager" and backend != "torch":
         raise CoverError(f"--torch-mode {torch_mode} applies to --backend torch, not {backend}")
     if backend == "torch":
         return backend_class("torch").from_mode(
             torch_mode, config=config, weights=weights, clip_weights=clip_weights, device=device,
-            precision=precision, random_weights=random_weights)
+            precision=precision, random_weights=random_weights, head=head, log=log)
+    cached = dict(weights=weights, clip_weights=clip_weights, config=config,
+                  random_weights=random_weights, head=head, log=log)
     if backend == "auto":
-        engine_dir = Path(engines) if engines else ensure_cached_engines(
-            weights=weights, clip_weights=clip_weights, config=config,
-            random_weights=random_weights, log=log)
+        engine_dir = Path(engines) if engines else ensure_cached_engines(**cached)
         backend = "tensorrt" if _tensorrt_usable(engine_dir) else "onnxruntime"
     elif engines is None:
-        engine_dir = ensure_cached_engines(weights=weights, clip_weights=clip_weights,
-                                           config=config, random_weights=random_weights, log=log)
+        engine_dir = ensure_cached_engines(**cached)
     else:
         engine_dir = Path(engines)
+    if head is not None:
+        from cover_engine.runtime.engines.head import check_engine_head
+        from cover_engine.runtime.engines.manifest import load_manifest
+
+        check_engine_head(load_manifest(engine_dir, verify_files=False), engine_dir, head)
     cls = backend_class(backend)
     return cls(engine_dir, device=device if device.startswith("cuda") else "cuda", log=log) \
         if backend == "tensorrt" else cls(engine_dir, device=device)
@@ -104,14 +109,15 @@ def _tensorrt_usable(engine_dir: Path) -> bool:
 
 
 def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
-                          random_weights: bool = False, log=print) -> Path:
-    """The cached ONNX export for these settings, exported now if missing."""
+                          random_weights: bool = False, head=None, log=print) -> Path:
+    """The cached ONNX export for these settings (and head file), exported now if missing."""
     from cover_engine.runtime.fetch import checked_cache_dir
     from cover_engine.runtime.engines.cache import engine_cache_name
+    from cover_engine.runtime.engines.head import head_sha256
 
-    target = checked_cache_dir() / "engines" / engine_cache_name(weights=weights, clip_weights=clip_weights,
-                                                         config=config,
-                                                         random_weights=random_weights)
+    target = checked_cache_dir() / "engines" / engine_cache_name(
+        weights=weights, clip_weights=clip_weights, config=config, random_weights=random_weights,
+        head_sha256=head_sha256(head) if head is not None else None)
     if (target / "manifest.json").is_file():
         return target
     if not random_weights:  # fail on missing weights before announcing an export
@@ -133,21 +139,21 @@ def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
                           "run `cover-export` on a machine with torch, then "
                           "`cover-run --engines DIR`") from None
     export_all(target, weights=weights, clip_weights=clip_weights, config=config,
-               precision="fp32", random_weights=random_weights, log=log)
+               precision="fp32", random_weights=random_weights, head=head, log=log)
     return target
 
 
 def make_scorer(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
                 device: str = "cpu", precision: str = "fp32", torch_mode: str = "eager",
                 seed: Optional[int] = None,
-                clips: int = 1, config=None, random_weights: bool = False, log=print,
-                colour: str = DEFAULT_COLOUR) -> FileScorer:
+                clips: int = 1, config=None, random_weights: bool = False, head=None,
+                log=print, colour: str = DEFAULT_COLOUR) -> FileScorer:
     """A scorer over :func:`make_backend`: the GPU pipeline for TensorRT, else :class:`Scorer`;
-    ``colour`` is the YUV -> RGB conversion (``constants.COLOUR_MODES``)."""
+    ``colour`` is the YUV -> RGB conversion (``constants.COLOUR_MODES``); ``head`` a
+    ``cover-train`` head file."""
     chosen = make_backend(backend, engines=engines, weights=weights, clip_weights=clip_weights,
                           device=device, precision=precision, torch_mode=torch_mode,
-                          config=config,
-                          random_weights=random_weights, log=log)
+                          config=config, random_weights=random_weights, head=head, log=log)
     if isinstance(chosen, DeviceBackend):
         from cover_engine.runtime.gpu.pipeline import GpuPipeline
 

@@ -77,3 +77,19 @@ def pytest_collection_modifyitems(config, items):
         # the marker itself: ``"gpu" in item.keywords`` also matches any folder named gpu
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def blur_set(tmp_path_factory):
+    """cover-train's labelled set (``cover_engine.bench.labelled``): 40 videos whose MOS is set by
+    blur (``labels.txt``), 12 more never trained on (``heldout.txt``), and one feature cache
+    folder, shared by the training tests so that each clip goes through the backbones once."""
+    from types import SimpleNamespace
+
+    from cover_engine.bench.labelled import write_blur_set
+
+    root = tmp_path_factory.mktemp("blur")
+    labels = write_blur_set(root, 40, seed=1)
+    held = write_blur_set(root, 12, seed=2, start=40, labels="heldout.txt")
+    return SimpleNamespace(root=root, labels=labels, held=held,
+                           cache=tmp_path_factory.mktemp("features"))

@@ -22,12 +22,13 @@ import click
 
 from cover_engine.runtime.cli.common import command, cover_errors
 from cover_engine.runtime.cli.options import (CheckedPath, calibration_option, csv_option,
-                                              report_options, scorer_options, writable_output)
+                                              label_options, report_options, scorer_options,
+                                              writable_output)
 from cover_engine.runtime.durable import write_atomic
 from cover_engine.runtime.eval.evaluate import (EVAL_EXTRA, TARGETS, EvalRun, evaluate,
                                                 format_report, plot_fit, report_dict,
                                                 write_rescaled)
-from cover_engine.runtime.eval.labels import FORMATS, LabelItem, check_distinct_files, read_labels
+from cover_engine.runtime.eval.labels import LabelItem, check_distinct_files, read_labels
 from cover_engine.runtime.results import ResultsExist, ScoreCsvWriter
 from cover_engine.runtime.results import FileScorer
 
@@ -69,17 +70,10 @@ def build_scorer(**options) -> FileScorer:
 
 
 @command()
-@click.option("--labels", "labels_path",
-              type=CheckedPath(exists=True, dir_okay=False, path_type=Path),
-              help="Label file: upstream 'filename,a,t,mos' lines, or a CSV with a header. "
-                   "Without one (only with --reference-distribution), every video and image "
-                   "under --root is scored.")
-@click.option("--root", default=".", show_default=True, type=CheckedPath(file_okay=False, path_type=Path),
-              help="Folder the label file's names are relative to.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
-              help="Label format.")
-@click.option("--name-column", help="CSV column with the file names (default: name, filename, file, ...).")
-@click.option("--mos-column", help="CSV column with the MOS (default: mos, mosfull, score, label).")
+@label_options(required=False,
+               labels_help="Label file: upstream 'filename,a,t,mos' lines, or a CSV with a "
+                           "header. Without one (only with --reference-distribution), every "
+                           "video and image under --root is scored.")
 @scorer_options
 @csv_option("Per-video scores (default: LABELS_STEM.cover.csv beside the label file, "
             "or in the current folder if that one is read-only).")
@@ -106,9 +100,9 @@ def build_scorer(**options) -> FileScorer:
               help="Save the set's raw scores as a reference distribution for cover-run "
                    "--percentile-of (needs no MOS).")
 def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weights, clip_weights, config,
-         random_weights, device, precision, torch_mode, seed, clips, colour, csv_path, resume,
-         limit, json_path, plot_path, rescaled_path, fit_path, calibration_name, mos_scale,
-         calibration, reference_path):
+         random_weights, head, device, precision, torch_mode, seed, clips, colour, csv_path,
+         resume, limit, json_path, plot_path, rescaled_path, fit_path, calibration_name,
+         mos_scale, calibration, reference_path):
     """Score a labelled video set with COVER and report SROCC, KROCC, PLCC and RMSE; fit a
     calibration to its MOS, or save its score distribution for percentiles."""
     labelled = labels_path is not None
@@ -123,7 +117,8 @@ def main(labels_path, root, fmt, name_column, mos_column, backend, engines, weig
         if not root.is_dir():
             raise click.UsageError(f"--root {root}: not a folder")
     model_options = dict(backend=backend, engines=engines, weights=weights,
-                         clip_weights=clip_weights, config=config, random_weights=random_weights)
+                         clip_weights=clip_weights, config=config, random_weights=random_weights,
+                         head=head)
     cal = identity = None
     if calibration or fit_path or reference_path:  # which model: known before any scoring
         from cover_engine.runtime.model_identity import identity_from_options

@@ -6,6 +6,7 @@ Examples::
     cover-export --precision fp16                 # + TensorRT engines when tensorrt is installed
     cover-export --config my.json --weights a.pth --clip-weights b.pt --out engines/mine
     cover-export --calibration kv1k.cal.json      # manifest carries the MOS calibration
+    cover-export --head mine.pth --out engines/mine   # gates and heads trained by cover-train
 
 The exporter (:mod:`cover_engine.export.onnx_export`) needs torch; it is imported inside the
 command, so this module, like all of ``runtime``, imports without torch.
@@ -18,8 +19,8 @@ from typing import Optional
 import click
 
 from cover_engine.runtime.cli.common import command, cover_errors
-from cover_engine.runtime.cli.options import (CheckedPath, calibration_option, quiet_option,
-                                              weight_options)
+from cover_engine.runtime.cli.options import (CheckedPath, calibration_option, head_option,
+                                              quiet_option, weight_options)
 from cover_engine.runtime.engines.manifest import MODES
 from cover_engine.runtime.engines.manifest.schema import MAX_BATCH
 from cover_engine.runtime.folders import folder_problem
@@ -50,6 +51,7 @@ def default_name(precision: str, config: Optional[Path], random_weights: bool) -
 @click.option("--name", callback=_check_name,
               help="Export name, also the default folder's name (default: cover-<precision>).")
 @weight_options()
+@head_option
 @click.option("--batch-max", type=click.IntRange(1, MAX_BATCH), default=8, show_default=True,
               help="Largest batch the TensorRT engines accept.")
 @click.option("--batch-opt", type=click.IntRange(1, MAX_BATCH), default=1, show_default=True,
@@ -67,8 +69,8 @@ def default_name(precision: str, config: Optional[Path], random_weights: bool) -
 @calibration_option("Put this calibration (cover-eval --fit-calibration, made for these "
                     "weights) into the manifest, so every host can report calibrated MOS.")
 @quiet_option
-def main(precision, out, name, weights, clip_weights, config, random_weights, batch_max, batch_opt,
-         opset, engine, timing_cache, images, check, calibration, quiet):
+def main(precision, out, name, weights, clip_weights, config, random_weights, head, batch_max,
+         batch_opt, opset, engine, timing_cache, images, check, calibration, quiet):
     """Export COVER's three branches to ONNX (one graph per branch, for videos and for images),
     optionally build TensorRT engines, and write manifest.json describing all of it."""
     if batch_opt > batch_max:
@@ -100,7 +102,8 @@ def main(precision, out, name, weights, clip_weights, config, random_weights, ba
                    precision=precision, random_weights=random_weights, name=name, opset=opset,
                    batch_max=batch_max, batch_opt=batch_opt, engines=engine,
                    timing_cache=timing_cache, modes=MODES if images else ("video",),
-                   check=check, calibration=cal.to_dict() if cal else None, log=log)
+                   check=check, calibration=cal.to_dict() if cal else None, head=head,
+                   log=log)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,12 @@
   the values), so there ``--weights`` has no environment variable and no ``--random-weights``.
 * :func:`scoring_options` -- how files are scored: ``--backend``, ``--engines``, ``--device``,
   ``--precision``, ``--torch-mode``, ``--seed``, ``--clips``. :func:`scorer_options` is both
-  groups and ``--colour`` (the YUV -> RGB conversion, :data:`~.constants.COLOUR_MODES`).
+  groups, :func:`head_option` and ``--colour`` (the YUV -> RGB conversion,
+  :data:`~.constants.COLOUR_MODES`).
+* :func:`head_option` -- ``--head FILE``: a ``cover-train`` head file in place of the heads
+  of ``--weights`` (cover-run, cover-eval, cover-export).
+* :func:`label_options` -- a labelled set: ``--labels``, ``--root``, ``--format``,
+  ``--name-column``, ``--mos-column`` (cover-eval, cover-train).
 * Output: :func:`csv_option`, :func:`report_options` (``--json FILE``, ``--plot FILE``; a plot
   is refused up front when matplotlib is missing), :func:`quiet_option`.
 * Meaning of scores: :func:`calibration_option` (``--calibration FILE``, all three commands that
@@ -36,9 +41,10 @@ from cover_engine.runtime.constants import (CLIP_WEIGHTS, COLOUR_MODES, COVER_WE
                                             DEFAULT_COLOUR, MAX_CLIPS, MAX_SEED, TORCH_MODES)
 from cover_engine.runtime.folders import path_problem
 
-__all__ = ["weight_options", "scoring_options", "scorer_options", "colour_option", "csv_option",
-           "report_options", "quiet_option", "writable_output", "calibration_option",
-           "percentile_option", "timeline_options", "BACKEND_CHOICES", "CheckedPath", "Device"]
+__all__ = ["weight_options", "scoring_options", "scorer_options", "colour_option", "head_option",
+           "label_options", "csv_option", "report_options", "quiet_option", "writable_output",
+           "calibration_option", "percentile_option", "timeline_options", "BACKEND_CHOICES",
+           "CheckedPath", "Device"]
 
 #: ``--backend`` values; auto = TensorRT if usable, else ONNX Runtime.
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -86,9 +92,10 @@ def _group(*options: Decorator) -> Decorator:
     return apply
 
 
-def weight_options(*, random_default: bool = False) -> Decorator:
-    """``--weights``, ``--clip-weights``, ``--config`` and (unless ``random_default``)
-    ``--random-weights``: arguments ``weights``, ``clip_weights``, ``config``, ``random_weights``."""
+def weight_options(*, random_default: bool = False, allow_random: bool = True) -> Decorator:
+    """``--weights``, ``--clip-weights``, ``--config`` and (unless ``random_default``, or
+    ``allow_random`` is False as for cover-train) ``--random-weights``: arguments ``weights``,
+    ``clip_weights``, ``config``, ``random_weights``."""
     if random_default:
         weights = click.option(
             "--weights", type=CheckedPath(dir_okay=False, path_type=Path),
@@ -110,7 +117,7 @@ def weight_options(*, random_default: bool = False) -> Decorator:
             help="Model config JSON for non-official sizes (default: the official sizes"
                  + (")." if random_default else "; its weights must be named).")),
     ]
-    if not random_default:
+    if not random_default and allow_random:
         options.append(click.option(
             "--random-weights", is_flag=True,
             help="Seeded random weights instead of the official ones: plumbing and speed checks "
@@ -184,8 +191,38 @@ colour_option: Decorator = click.option(
          "applied as decord does); exact = the signalled matrix in float32, nearest chroma, "
          "rotation not applied.")
 
+#: ``--head FILE`` (argument ``head``): a cover-train head file.
+head_option: Decorator = click.option(
+    "--head", type=CheckedPath(exists=True, dir_okay=False, path_type=Path),
+    help="Head file from cover-train: its gates and heads replace those of --weights (refused "
+         "if trained on other weights or another config).")
+
 #: Everything :func:`~cover_engine.runtime.scoring.make_scorer` takes from a command line.
-scorer_options: Decorator = _group(weight_options(), scoring_options, colour_option)
+scorer_options: Decorator = _group(weight_options(), head_option, scoring_options, colour_option)
+
+
+def label_options(*, required: bool = True,
+                  labels_help: str = "Label file: upstream 'filename,a,t,mos' lines, or a CSV "
+                                     "with a header.") -> Decorator:
+    """A labelled set: ``--labels``, ``--root``, ``--format``, ``--name-column``,
+    ``--mos-column`` (arguments ``labels_path``, ``root``, ``fmt``, ``name_column``,
+    ``mos_column``)."""
+    from cover_engine.runtime.eval.labels import FORMATS
+
+    return _group(
+        click.option("--labels", "labels_path", required=required,
+                     type=CheckedPath(exists=True, dir_okay=False, path_type=Path),
+                     help=labels_help),
+        click.option("--root", default=".", show_default=True,
+                     type=CheckedPath(file_okay=False, path_type=Path),
+                     help="Folder the label file's names are relative to."),
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto",
+                     show_default=True, help="Label format."),
+        click.option("--name-column",
+                     help="CSV column with the file names (default: name, filename, file, ...)."),
+        click.option("--mos-column",
+                     help="CSV column with the MOS (default: mos, mosfull, score, label)."),
+    )
 
 
 def csv_option(help: str) -> Decorator:

@@ -138,7 +138,7 @@ def _windows_many(backend, files, seconds, *, seed, clips, colour):
 @quiet_option
 def main(paths, backend, engines, weights, clip_weights, config, device, precision, torch_mode,
          seed, clips, colour, as_json, csv_path, calibration, percentile_of, segments,
-         timeline_plot, random_weights, quiet):
+         timeline_plot, random_weights, head, quiet):
     """Score each video or image in PATHS (files, folders, globs) with COVER.
 
     Prints per-branch scores (semantic, technical, aesthetic) and their sum, the overall score.
@@ -180,7 +180,8 @@ def main(paths, backend, engines, weights, clip_weights, config, device, precisi
             scorer = make_scorer(backend, engines=engines, weights=weights,
                                  clip_weights=clip_weights, device=device, precision=precision,
                                  torch_mode=torch_mode, seed=seed, clips=clips, config=config,
-                                 random_weights=random_weights, log=log, colour=colour)
+                                 random_weights=random_weights, head=head, log=log,
+                                 colour=colour)
             model = _backend_of(scorer)
             meaning = None
             if extra:

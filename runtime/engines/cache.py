@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
 from cover_engine.runtime.engines.manifest import SCHEMA_VERSION
@@ -18,11 +18,13 @@ __all__ = ["engine_cache_name"]
 
 
 def engine_cache_name(*, weights=None, clip_weights=None, config=None,
-                      random_weights: bool = False, precision: str = "fp32") -> str:
+                      random_weights: bool = False, precision: str = "fp32",
+                      head_sha256: Optional[str] = None) -> str:
     """A folder name for the cached export of these settings (cheap: no weight hashing).
 
     Explicit weight paths enter by absolute path, size and modification time, so replacing a file
-    gives a new name; the default (verified) weights enter by their official checksums.
+    gives a new name; the default (verified) weights enter by their official checksums. A head
+    file (small) enters by its sha256.
     """
     def weight_id(path, official) -> Any:
         if random_weights:
@@ -46,7 +48,9 @@ def engine_cache_name(*, weights=None, clip_weights=None, config=None,
             cfg = str(Path(config).resolve())
     key = json.dumps({"schema": SCHEMA_VERSION, "config": cfg, "precision": precision,
                       "cover": weight_id(weights, COVER_WEIGHTS),
-                      "clip": weight_id(clip_weights, CLIP_WEIGHTS)}, sort_keys=True)
+                      "clip": weight_id(clip_weights, CLIP_WEIGHTS),
+                      **({"head": head_sha256} if head_sha256 else {})}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     base = "official" if config is None else "custom"
-    return f"{'random' if random_weights else base}-{precision}-{digest}"
+    return (f"{'random' if random_weights else base}{'-head' if head_sha256 else ''}-{precision}"
+            f"-{digest}")

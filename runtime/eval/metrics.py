@@ -132,6 +132,30 @@ def compute_metrics(pred, mos, *, maxfev: int = MAX_FIT_EVALUATIONS) -> Metrics:
     return Metrics(n, srocc, krocc, plcc, rmse, fit=fit)
 
 
+def linear_metrics(pred, mos) -> Metrics:
+    """Upstream's *training-time* validation (``train_one_dataset.inference_set``): predictions
+    rescaled linearly to the MOS mean and std (population), then SROCC, KROCC, PLCC and RMSE.
+
+    ``cover-train`` reports these, to compare with upstream's training logs; ``cover-eval`` uses
+    the logistic fit of :func:`compute_metrics` (upstream's ``evaluate_one_dataset.py``). A
+    constant or non-finite input gives NaN (which never counts as an improvement).
+    """
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    mos = np.asarray(mos, dtype=np.float64).ravel()
+    if pred.shape != mos.shape:
+        raise ValueError(f"{pred.size} predictions for {mos.size} MOS values")
+    nan = float("nan")
+    n = int(pred.size)
+    if n < 2 or not (np.all(np.isfinite(pred)) and np.all(np.isfinite(mos))) \
+            or np.ptp(pred) == 0 or np.ptp(mos) == 0:
+        return Metrics(n, nan, nan, nan, nan, fit_error="constant or non-finite values")
+    rescaled = (pred - pred.mean()) / pred.std() * mos.std() + mos.mean()
+    return Metrics(n, float(stats.spearmanr(mos, rescaled)[0]),
+                   float(stats.kendalltau(mos, rescaled)[0]),
+                   float(stats.pearsonr(mos, rescaled)[0]),
+                   float(np.sqrt(np.mean((mos - rescaled) ** 2))))
+
+
 def zscore(x) -> np.ndarray:
     """``(x - mean) / std`` over the set (population std, as upstream's ``gaussian_rescale``).
 

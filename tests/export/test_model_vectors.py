@@ -176,7 +176,7 @@ def test_official_backbones_on_small_inputs():
 
 def test_cross_gate_formula():
     """out = out_project_y(y' * gelu_tanh(in_project_x(Conv_0(x)))) + y', y' = Conv_1(y)."""
-    gate = CrossGatingBlock(4, 4, 4)
+    gate = CrossGatingBlock(4, 4, 4).eval()  # train mode adds upstream's dropout
     with torch.no_grad():
         for lin in (gate.Conv_0, gate.Conv_1, gate.in_project_x, gate.out_project_y):
             lin.weight.copy_(torch.eye(4))

@@ -7,12 +7,12 @@ sampled and normalised, and how the score maps become scores. The manifest is ch
 scoring: schema and version, every listed file's size and sha256, and (by each backend) that the
 graphs' real inputs and outputs are the ones listed here.
 
-Layout (schema version 4; :data:`MANIFEST_SCHEMA` is the formal description)::
+Layout (schema version 5; :data:`MANIFEST_SCHEMA` is the formal description)::
 
-    schema, schema_version    "cover-engine-manifest", 4 (2: graphs and engines name their own
+    schema, schema_version    "cover-engine-manifest", 5 (2: graphs and engines name their own
                               mode and branch, see identity.py; 3: preprocessing names the two
-                              colour conversions; 4: ``calibration``; older folders are
-                              re-exported)
+                              colour conversions; 4: ``calibration``; 5: ``head``; older
+                              folders are re-exported)
     name, created, precision  export name, UTC time, "fp32" | "fp16"
     opset, batch              ONNX opset; {"min", "opt", "max"} batch sizes engines are built for
     model                     the architecture (ModelConfig.to_dict())
@@ -23,6 +23,9 @@ Layout (schema version 4; :data:`MANIFEST_SCHEMA` is the formal description)::
                               the host is told otherwise), and kernels: the CUDA source
     scores                    branch = mean of its score map; overall = sum of the branches
     weights                   per weight file: name and sha256 (or {"random_seed": n})
+    head                      null, or the cover-train head file baked into the graphs:
+                              {file, sha256, trained: "heads" | "all" | "unknown",
+                              labels_sha256, validation} (its provenance, as recorded in it)
     tools                     versions of the exporting software (null where absent)
     graphs                    list, one per (mode, branch):
         mode, branch          "video" | "image"; "semantic" | "technical" | "aesthetic"

@@ -155,6 +155,9 @@ class Manifest:
     kernels: Optional[FileRef] = None
     #: A calibration to MOS (the content of a ``cover-eval --fit-calibration`` file), or None.
     calibration: Optional[dict] = None
+    #: The ``cover-train`` head file baked into the graphs (None: the base weights' own heads):
+    #: ``{file, sha256, trained, labels_sha256, validation}``.
+    head: Optional[dict] = None
 
     @property
     def specs(self) -> dict[str, ViewSpec]:
@@ -194,6 +197,7 @@ class Manifest:
                               "kernels": self.kernels.to_dict() if self.kernels else None},
             "scores": self.scores,
             "weights": self.weights,
+            "head": self.head,
             "tools": self.tools,
             "graphs": [g.to_dict() for g in self.graphs],
             "tensorrt": self.tensorrt.to_dict() if self.tensorrt else None,
@@ -206,7 +210,7 @@ class Manifest:
                  for b, v in d["views"].items()}
         return cls(name=d["name"], created=d["created"], precision=d["precision"],
                    opset=d["opset"], batch=dict(d["batch"]), model=d["model"], views=views,
-                   weights=d["weights"], tools=d["tools"], scores=d["scores"],
+                   weights=d["weights"], head=d["head"], tools=d["tools"], scores=d["scores"],
                    graphs=tuple(GraphEntry.from_dict(g) for g in d["graphs"]),
                    kernels=(FileRef(**d["preprocessing"]["kernels"])
                             if d["preprocessing"].get("kernels") else None),

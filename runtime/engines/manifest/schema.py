@@ -22,7 +22,8 @@ MANIFEST_FILE = "manifest.json"
 SCHEMA_ID = "cover-engine-manifest"
 #: 3: preprocessing gained colour_default / colour_exact (decord-exact default colour).
 #: 4: an optional calibration to MOS (``calibration``: null or a calibration file's content).
-SCHEMA_VERSION = 4
+#: 5: ``head`` names the cover-train head file baked into the graphs (or null).
+SCHEMA_VERSION = 5
 MODES: tuple[str, ...] = ("video", "image")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 #: Name of the dynamic batch axis in graph shapes.
@@ -161,8 +162,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "title": "cover-engine manifest",
     "type": "object",
     "required": ["schema", "schema_version", "name", "created", "precision", "opset", "batch",
-                 "model", "views", "normalisation", "preprocessing", "scores", "weights", "tools",
-                 "graphs", "tensorrt", "calibration"],
+                 "model", "views", "normalisation", "preprocessing", "scores", "weights", "head",
+                 "tools", "graphs", "tensorrt", "calibration"],
     "properties": {
         "schema": {"const": SCHEMA_ID},
         "schema_version": {"const": SCHEMA_VERSION},
@@ -201,6 +202,15 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                            "branch": _TEXT, "overall": _TEXT},
         },
         "weights": {"type": "object"},
+        "head": {"oneOf": [{"type": "null"}, {
+            "type": "object", "required": ["file", "sha256", "trained"],
+            "properties": {"file": {**_TEXT, "minLength": 1},
+                           "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                           "trained": {"enum": ["heads", "all", "unknown"]},
+                           "labels_sha256": {"type": ["string", "null"], "maxLength": MAX_TEXT},
+                           "validation": {"type": ["object", "null"]}},
+            "additionalProperties": False,
+        }]},
         "tools": {"type": "object",
                   "additionalProperties": {"type": ["string", "null"], "maxLength": MAX_TEXT}},
         "graphs": {
