@@ -183,3 +183,20 @@ def test_cached_export_name_depends_on_the_head(trained, tmp_path):
     shutil.copy(head, tmp_path / "copy.pth")  # the same bytes elsewhere: the same export
     assert named == engine_cache_name(
         config={"a": 1}, head_sha256=hashlib.sha256((tmp_path / "copy.pth").read_bytes()).hexdigest())
+
+
+def test_model_identity_names_the_head(exported, trained, model_args):
+    """Calibrations and reference distributions are keyed by the model's identity: scores made
+    with a head are another model's than the base weights'."""
+    from cover_engine.runtime.model_identity import identity_from_options, identity_of_backend
+
+    head, _ = trained
+    digest = hashlib.sha256(head.read_bytes()).hexdigest()
+    opts = dict(config=model_args[1], weights=model_args[3], clip_weights=model_args[5])
+    plain = identity_from_options(**opts)
+    with_head = identity_from_options(**opts, head=head)
+    assert plain.head is None and with_head.head == {"file": "head.pth", "sha256": digest}
+    assert "another head" in plain.mismatch(with_head)
+    from_engines = identity_of_backend(OrtBackend(exported))
+    assert from_engines.mismatch(with_head) is None
+    assert identity_from_options(engines=exported).mismatch(with_head) is None
