@@ -29,7 +29,7 @@ from scipy import stats
 from cover_engine.runtime.constants import (BRANCHES, MIN_CALIBRATION_VIDEOS, MOS_SCALES)
 from cover_engine.runtime.errors import CoverError, InputError
 from cover_engine.runtime.eval.calibration_schema import (CALIBRATION_SCHEMA, FORMULA, SCHEMA_ID,
-                                                          SCHEMA_VERSION)
+                                                          SCHEMA_VERSION, check_document)
 from cover_engine.runtime.eval.metrics import FitError, LogisticFit, fit_logistic
 from cover_engine.runtime.model_identity import ModelIdentity
 
@@ -157,18 +157,9 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "calibration") -> "Calibration":
         """Parse and check a calibration's JSON form (:class:`CalibrationError` says why not)."""
-        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA_ID:
-            raise CalibrationError(f"{source}: not a cover-engine calibration "
-                                   f"(no \"schema\": \"{SCHEMA_ID}\")")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise CalibrationError(f"{source}: calibration schema version "
-                                   f"{data.get('schema_version')!r}, this cover-engine reads "
-                                   f"version {SCHEMA_VERSION}")
-        from cover_engine.runtime.engines.manifest.validator import validate
-
-        problems = validate(dict(data), CALIBRATION_SCHEMA, "calibration")
-        if problems:
-            raise CalibrationError(f"{source}: invalid calibration: {problems[0]}")
+        check_document(data, schema=CALIBRATION_SCHEMA, schema_id=SCHEMA_ID,
+                       version=SCHEMA_VERSION, kind="calibration", source=source,
+                       error=CalibrationError)
         fits = {t: TargetFit(**f) for t, f in data["fits"].items() if f is not None}
         for target, fit in fits.items():
             if not all(math.isfinite(v) for v in fit.params) or fit.b4 == 0:

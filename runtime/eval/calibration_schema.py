@@ -5,11 +5,12 @@ one without importing scipy. :mod:`.calibration` reads and writes the files.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from cover_engine.runtime.constants import BRANCHES
 
-__all__ = ["SCHEMA_ID", "SCHEMA_VERSION", "FORMULA", "CALIBRATION_SCHEMA"]
+__all__ = ["SCHEMA_ID", "SCHEMA_VERSION", "FORMULA", "CALIBRATION_SCHEMA", "MODEL_WEIGHTS",
+           "SAMPLING", "check_document"]
 
 SCHEMA_ID = "cover-engine-calibration"
 SCHEMA_VERSION = 1
@@ -25,6 +26,21 @@ _FIT = {
     }],
 }
 _WEIGHTS = {"oneOf": [{"type": "null"}, {"type": "object"}]}
+#: Which model made the scores (:class:`~cover_engine.runtime.model_identity.ModelIdentity`) and
+#: how they were sampled: shared by calibrations and reference distributions, which are refused
+#: for another model's scores.
+MODEL_WEIGHTS: dict[str, Any] = {
+    "type": "object", "required": ["base", "head"],
+    "properties": {"base": {"type": "object"}, "head": _WEIGHTS},
+    "additionalProperties": False,
+}
+SAMPLING: dict[str, Any] = {
+    "type": "object", "required": ["seed", "clips", "views"],
+    "properties": {"seed": {"type": ["integer", "null"]},
+                   "clips": {"type": "integer", "minimum": 1},
+                   "colour": {"type": "string"},
+                   "views": {"type": "object"}},
+}
 
 #: JSON Schema (draft 2020-12) of a calibration file, also embedded in manifests.
 CALIBRATION_SCHEMA: dict[str, Any] = {
@@ -57,20 +73,30 @@ CALIBRATION_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
         },
         "labels": {"type": ["string", "null"]},
-        "weights": {
-            "type": "object", "required": ["base", "head"],
-            "properties": {"base": {"type": "object"}, "head": _WEIGHTS},
-            "additionalProperties": False,
-        },
-        "sampling": {
-            "type": "object", "required": ["seed", "clips", "views"],
-            "properties": {"seed": {"type": ["integer", "null"]},
-                           "clips": {"type": "integer", "minimum": 1},
-                           "colour": {"type": "string"},
-                           "views": {"type": "object"}},
-        },
+        "weights": MODEL_WEIGHTS,
+        "sampling": SAMPLING,
         "backend": {"type": ["string", "null"]},
         "tools": {"type": "object"},
     },
     "additionalProperties": False,
 }
+
+
+def check_document(data: Any, *, schema: Mapping, schema_id: str, version: int, kind: str,
+                   source: str, error: type[Exception]) -> None:
+    """Refuse ``data`` unless it is a ``schema_id`` document of ``version`` valid under ``schema``.
+
+    One check for every versioned file the engine reads back (calibrations, reference
+    distributions), so each says the same things the same way: not ours, another version,
+    the first problem found.
+    """
+    if not isinstance(data, Mapping) or data.get("schema") != schema_id:
+        raise error(f"{source}: not a cover-engine {kind} (no \"schema\": \"{schema_id}\")")
+    if data.get("schema_version") != version:
+        raise error(f"{source}: {kind} schema version {data.get('schema_version')!r}, this "
+                    f"cover-engine reads version {version}")
+    from cover_engine.runtime.engines.manifest.validator import validate
+
+    problems = validate(dict(data), schema, kind)
+    if problems:
+        raise error(f"{source}: invalid {kind}: {problems[0]}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from cover_engine.runtime.constants import BRANCHES, MIN_REFERENCE_VIDEOS
 from cover_engine.runtime.eval.calibration import CalibrationError, read_json, write_json_atomic
+from cover_engine.runtime.eval.calibration_schema import MODEL_WEIGHTS, SAMPLING, check_document
 from cover_engine.runtime.model_identity import ModelIdentity
 
 __all__ = ["ReferenceDistribution", "build_reference", "load_reference", "percentile_of",
@@ -78,18 +79,8 @@ class ReferenceDistribution:
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "reference") -> "ReferenceDistribution":
-        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA_ID:
-            raise CalibrationError(f"{source}: not a cover-engine reference distribution "
-                                   f"(no \"schema\": \"{SCHEMA_ID}\")")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise CalibrationError(f"{source}: reference schema version "
-                                   f"{data.get('schema_version')!r}, this cover-engine reads "
-                                   f"version {SCHEMA_VERSION}")
-        from cover_engine.runtime.engines.manifest.validator import validate
-
-        problems = validate(dict(data), REFERENCE_SCHEMA, "reference")
-        if problems:
-            raise CalibrationError(f"{source}: invalid reference distribution: {problems[0]}")
+        check_document(data, schema=REFERENCE_SCHEMA, schema_id=SCHEMA_ID, version=SCHEMA_VERSION,
+                       kind="reference distribution", source=source, error=CalibrationError)
         scores = {}
         for t in TARGETS:
             values = np.asarray(data["scores"][t], np.float64)
@@ -153,19 +144,8 @@ REFERENCE_SCHEMA: dict[str, Any] = {
         "rule": {"type": "string"},
         "n": {"type": "integer", "minimum": 1},
         "source": {"type": ["string", "null"]},
-        "weights": {
-            "type": "object", "required": ["base", "head"],
-            "properties": {"base": {"type": "object"},
-                           "head": {"oneOf": [{"type": "null"}, {"type": "object"}]}},
-            "additionalProperties": False,
-        },
-        "sampling": {
-            "type": "object", "required": ["seed", "clips", "views"],
-            "properties": {"seed": {"type": ["integer", "null"]},
-                           "clips": {"type": "integer", "minimum": 1},
-                           "colour": {"type": "string"},
-                           "views": {"type": "object"}},
-        },
+        "weights": MODEL_WEIGHTS,
+        "sampling": SAMPLING,
         "backend": {"type": ["string", "null"]},
         "tools": {"type": "object"},
         "scores": {
