@@ -65,12 +65,15 @@ class Scorer:
 
 def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
                  device: str = "cpu", precision: str = "fp32", torch_mode: str = "eager",
-                 config=None, random_weights: bool = False, head=None, log=print) -> Backend:
+                 config=None, random_weights: bool = False, head=None,
+                 threads: Optional[int] = None, log=print) -> Backend:
     """Build the named backend; ``auto`` picks TensorRT, then ONNX Runtime, from the engine folder.
 
     ``auto`` with no engine folder uses the cached export for these weights (and ``head``, a
     ``cover-train`` head file), exporting it once (which needs torch and the weights) when it is
     not there yet. With an engine folder, ``head`` must be the one its manifest names.
+    ``threads`` caps ONNX Runtime's CPU threads (one batch worker per core wants 1); torch
+    follows ``OMP_NUM_THREADS``.
     """
     if torch_mode != "eager" and backend != "torch":
         raise CoverError(f"--torch-mode {torch_mode} applies to --backend torch, not {backend}")
@@ -94,7 +97,7 @@ def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weig
         check_engine_head(load_manifest(engine_dir, verify_files=False), engine_dir, head)
     cls = backend_class(backend)
     return cls(engine_dir, device=device if device.startswith("cuda") else "cuda", log=log) \
-        if backend == "tensorrt" else cls(engine_dir, device=device)
+        if backend == "tensorrt" else cls(engine_dir, device=device, threads=threads)
 
 
 def _tensorrt_usable(engine_dir: Path) -> bool:
@@ -147,13 +150,15 @@ def make_scorer(backend: str = "auto", *, engines=None, weights=None, clip_weigh
                 device: str = "cpu", precision: str = "fp32", torch_mode: str = "eager",
                 seed: Optional[int] = None,
                 clips: int = 1, config=None, random_weights: bool = False, head=None,
-                log=print, colour: str = DEFAULT_COLOUR) -> FileScorer:
+                threads: Optional[int] = None, log=print,
+                colour: str = DEFAULT_COLOUR) -> FileScorer:
     """A scorer over :func:`make_backend`: the GPU pipeline for TensorRT, else :class:`Scorer`;
     ``colour`` is the YUV -> RGB conversion (``constants.COLOUR_MODES``); ``head`` a
     ``cover-train`` head file."""
     chosen = make_backend(backend, engines=engines, weights=weights, clip_weights=clip_weights,
                           device=device, precision=precision, torch_mode=torch_mode,
-                          config=config, random_weights=random_weights, head=head, log=log)
+                          config=config, random_weights=random_weights, head=head,
+                          threads=threads, log=log)
     if isinstance(chosen, DeviceBackend):
         from cover_engine.runtime.gpu.pipeline import GpuPipeline
 

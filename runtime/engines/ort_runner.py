@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ContextManager, Mapping, Optional, Sequence, Union
 
@@ -76,6 +77,51 @@ def _check_providers(requested: Sequence, active: Sequence[str], where: str) -> 
                           "onnxruntime-gpu needs, or use --device cpu")
 
 
+_OPT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    """ONNX Runtime session choices that trade host memory against speed (BENCHMARKS.md,
+    "ONNX Runtime memory", measures each at official size)."""
+
+    threads: Optional[int] = None    # intra-op threads; None: ONNX Runtime's default (all cores)
+    optimization: str = "all"        # graph optimisation level: disabled | basic | extended | all
+    arena: bool = True               # CPU memory arena (keeps freed blocks for reuse)
+    mem_pattern: bool = True         # pre-planned activation buffers from the first run's shapes
+    shrink_arena: bool = False       # hand the arena's growth back after every run
+    prepack: bool = True             # MLAS weight prepacking (a packed copy of each MatMul weight)
+    fold_constants: bool = True      # ConstantFolding optimiser (stores what it folds as weights)
+
+    def session_options(self) -> "ort.SessionOptions":
+        options = ort.SessionOptions()
+        if self.optimization not in _OPT_LEVELS:
+            raise EngineError(f"unknown graph optimisation level {self.optimization!r} "
+                              f"(choose from {', '.join(_OPT_LEVELS)})")
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                   _OPT_LEVELS[self.optimization])
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.enable_cpu_mem_arena = self.arena
+        options.enable_mem_pattern = self.mem_pattern
+        if not self.prepack:
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        return options
+
+    @property
+    def disabled_optimizers(self) -> list[str]:
+        return [] if self.fold_constants else ["ConstantFolding"]
+
+    def run_options(self) -> Optional["ort.RunOptions"]:
+        if not (self.shrink_arena and self.arena):
+            return None
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return options
+
+
 class OrtBackend(FolderBackend):
     """The three graphs of an engine folder as one backend: ``run(views) -> score maps``.
 
@@ -84,18 +130,20 @@ class OrtBackend(FolderBackend):
     """
 
     def __init__(self, engine_dir: Union[str, Path], providers: Union[None, str, Sequence] = None,
-                 *, device: str = "cpu", threads: Optional[int] = None):
+                 *, device: str = "cpu", threads: Optional[int] = None,
+                 settings: Optional[OrtSettings] = None):
         self.engine_dir = Path(engine_dir)
         self.manifest: Manifest = load_manifest(self.engine_dir)
         self.providers = select_providers(device, providers, cache_dir=self.engine_dir / "ort-trt")
         self.name = "onnxruntime" if self.manifest.precision == "fp32" else \
             f"onnxruntime-{self.manifest.precision}"
         self.specs: dict[str, ViewSpec] = self.manifest.specs
-        self._options = ort.SessionOptions()
-        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._options.log_severity_level = 3
+        settings = settings or OrtSettings()
         if threads:
-            self._options.intra_op_num_threads = threads
+            settings = replace(settings, threads=threads)
+        self.settings = settings
+        self._options = settings.session_options()
+        self._run_options = settings.run_options()
         self._sessions: dict[str, dict[str, ort.InferenceSession]] = {}
         #: Optional ``branch -> context manager`` wrapped around each graph's run (for timing).
         self.around_graph: Optional[Callable[[str], ContextManager]] = None
@@ -110,7 +158,9 @@ class OrtBackend(FolderBackend):
         path = self.engine_dir / graph.file.path
         try:
             session = ort.InferenceSession(str(path), sess_options=self._options,
-                                           providers=self.providers)
+                                           providers=self.providers,
+                                           disabled_optimizers=self.settings.disabled_optimizers
+                                           or None)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise EngineError(f"{path}: ONNX Runtime cannot load it: "
                               f"{' '.join(str(exc).split())[:300]}") from None
@@ -138,7 +188,7 @@ class OrtBackend(FolderBackend):
                 feed[t.name] = np.ascontiguousarray(value, dtype=t.dtype)
             names = [t.name for t in graph.outputs]
             with self.around_graph(branch) if self.around_graph else contextlib.nullcontext():
-                outputs = dict(zip(names, sessions[branch].run(names, feed)))
+                outputs = dict(zip(names, sessions[branch].run(names, feed, self._run_options)))
             for name, value in outputs.items():
                 produced[f"{branch}:{name}"] = value
             maps[branch] = outputs["score_map"].astype(np.float32, copy=False)

@@ -1,0 +1,259 @@
+"""``cover-batch``'s driver: plan the inputs, start or join Ray, stream rows into the store.
+
+Ray Data does the scheduling (an actor pool of :class:`CoverScorer` workers, one block per
+batch so every worker stays busy); this module only decides what to score, how many workers
+the cluster holds (``resources.py``) and makes every returned batch durable before taking the
+next (``store.py``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from cover_engine.runtime.batch.resources import (GB, Node, WorkerNeeds, available_memory,
+                                                  plan_workers, worker_memory)
+from cover_engine.runtime.batch.store import ResultStore, plan
+from cover_engine.runtime.errors import CoverError
+
+__all__ = ["BatchSettings", "BatchSummary", "run_batch", "require_ray", "prepare_scorer_kwargs"]
+
+Log = Callable[[str], None]
+
+#: Object store of the local Ray a run starts: rows and paths are tiny, frames never travel.
+LOCAL_OBJECT_STORE = 512 * 1024 ** 2
+
+
+@dataclass
+class BatchSettings:
+    """How the work is spread; ``None`` means decided from the cluster's resources."""
+
+    address: Optional[str] = None        # None: a local Ray for this run; "auto" or "HOST:PORT"
+    workers: Optional[int] = None
+    cpus_per_worker: Optional[float] = None
+    gpus_per_worker: float = 0.0
+    batch_size: int = 4
+    worker_memory: Optional[float] = None  # bytes; None: resources.worker_memory's figure
+    fingerprint: str = "sampled"
+    retry_errors: bool = False
+    tasks_per_worker: int = 2            # batches queued per worker (the at-risk ones on a crash)
+
+
+@dataclass
+class BatchSummary:
+    """What one run did."""
+
+    out: Path
+    inputs: int
+    skipped: int
+    scored: int = 0
+    failed: int = 0
+    rows: int = 0                        # rows in the final file
+    workers: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise CoverError(f"cover-batch needs Ray Data ({exc}): pip install 'cover-engine[ray]'") \
+            from None
+    return ray
+
+
+def prepare_scorer_kwargs(scorer: dict[str, Any], log: Log) -> tuple[dict[str, Any], float, str]:
+    """Absolute paths for the workers, the engine folder made ready here (exported once if the
+    cache lacks it), and the per-worker memory figure with its source."""
+    from cover_engine.runtime.constants import OFFICIAL_VIEWS
+
+    kw = {k: (str(Path(v).absolute()) if isinstance(v, Path) else v) for k, v in scorer.items()}
+    backend = kw.get("backend", "auto")
+    device = kw.get("device", "cpu")
+    if backend != "torch":
+        from cover_engine.runtime.engines.manifest import load_manifest
+
+        if not kw.get("engines"):
+            from cover_engine.runtime.scoring import ensure_cached_engines
+
+            kw["engines"] = str(ensure_cached_engines(
+                weights=kw.get("weights"), clip_weights=kw.get("clip_weights"),
+                config=kw.get("config"), random_weights=kw.get("random_weights", False), log=log))
+        manifest = load_manifest(kw["engines"])  # fail here, once, not in every worker
+        size = sum(g.file.bytes + (g.external_data.bytes if g.external_data else 0)
+                   for g in manifest.graphs if g.mode == "video")
+        official = manifest.specs == dict(OFFICIAL_VIEWS)
+    else:
+        official = kw.get("config") is None
+        size = sum(Path(kw[k]).stat().st_size for k in ("weights", "clip_weights")
+                   if kw.get(k) and Path(kw[k]).is_file())
+    memory, source = worker_memory(backend, official=official, graph_bytes=size, device=device)
+    return kw, memory, source
+
+
+def _connect(ray, address: Optional[str], log: Log) -> bool:
+    """Join ``address`` or start a local Ray; True when this run started it (and stops it)."""
+    if ray.is_initialized():
+        return False
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)  # local token notice
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise CoverError(f"cannot join the Ray cluster at {address}: "
+                             f"{' '.join(str(exc).split())[:300]}") from None
+        return False
+    # "local": a new instance even where another one runs (no address would join that one)
+    ray.init(address="local", num_cpus=os.cpu_count() or 1,
+             object_store_memory=LOCAL_OBJECT_STORE, **common)
+    return True
+
+
+def _nodes(ray, local: bool) -> list[Node]:
+    nodes = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources", {})
+        memory = float(res.get("memory", 0.0))
+        if local:  # the machine is shared: what is free now, not what was free at start
+            now = available_memory()
+            memory = min(memory, now) if now else memory
+        nodes.append(Node(name=n.get("NodeManagerAddress", "?"), cpus=float(res.get("CPU", 0)),
+                          gpus=float(res.get("GPU", 0)), memory=memory))
+    return nodes
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost message of a Ray failure (a worker's CoverError if there is one)."""
+    seen = exc
+    while True:
+        inner = getattr(seen, "cause", None) or seen.__cause__
+        if inner is None or inner is seen:
+            break
+        seen = inner
+    return " ".join(str(seen).split())[:500] or type(seen).__name__
+
+
+def run_batch(paths: Sequence[str], out, scorer: dict[str, Any], settings: BatchSettings, *,
+              csv=None, progress: bool = False, log: Log = print) -> BatchSummary:
+    """Score ``paths`` (absolute) into ``out``; resumes what an earlier run left there.
+
+    Whatever happens (done, Ctrl-C, a failed cluster), the rows written so far end up in a whole
+    final file (a SIGKILL leaves them in the parts, for the next run to pick up).
+    """
+    started = time.perf_counter()
+    store = ResultStore(out, csv=csv)
+    with store.lock():
+        loaded = store.load()
+        for note in loaded.torn:
+            log(f"cover-batch: {note}")
+        todo, skipped = plan(list(paths), loaded.done(), retry_errors=settings.retry_errors)
+        summary = BatchSummary(out=store.out, inputs=len(paths), skipped=skipped)
+        if skipped:
+            log(f"cover-batch: {skipped} of {len(paths)} already scored in {store.out.name} "
+                f"(same path and content); scoring the other {len(todo)}")
+        try:
+            if todo:
+                _score(todo, store, scorer, settings, summary, progress, log)
+        finally:
+            if summary.interrupted:
+                log("cover-batch: interrupted; keeping what is done (rerun to continue)")
+            final = store.load().table
+            store.finalize(final)
+    store.remove_parts_dir()
+    summary.rows = final.num_rows
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _score(todo: list[str], store: ResultStore, scorer: dict[str, Any], settings: BatchSettings,
+           summary: BatchSummary, progress: bool, log: Log) -> None:
+    kw, memory, source = prepare_scorer_kwargs(scorer, log)
+    if settings.worker_memory:
+        memory, source = settings.worker_memory, "--worker-memory"
+    ray = require_ray()
+    started_here = _connect(ray, settings.address, log)
+    try:
+        _run_on_ray(ray, todo, store, kw, memory, source, settings, summary, progress,
+                    local=started_here, log=log)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _run_on_ray(ray, todo, store, kw, memory, source, settings, summary, progress, *, local,
+                log) -> None:
+    import ray.data
+
+    from cover_engine.runtime.batch.scorer import CoverScorer
+
+    nodes = _nodes(ray, local)
+    gpus = settings.gpus_per_worker
+    if gpus and not any(n.gpus for n in nodes):
+        raise CoverError(f"--gpus-per-worker {gpus:g} asked for, but no Ray node has a GPU")
+    cpus = settings.cpus_per_worker or 1.0
+    workers = plan_workers(nodes, WorkerNeeds(cpus=cpus, gpus=gpus, memory=memory),
+                           settings.workers, source)
+    workers = max(1, min(workers, math.ceil(len(todo) / settings.batch_size)))
+    if settings.cpus_per_worker is None and not gpus and len(nodes) == 1:
+        cpus = max(1.0, math.floor(nodes[0].cpus / workers))  # a lone node's cores, shared out
+    summary.workers = workers
+    if gpus:
+        kw = {**kw, "device": kw.get("device") if str(kw.get("device", "")).startswith("cuda")
+              else "cuda"}
+    kw["threads"] = int(cpus)
+    kw["fingerprint"] = settings.fingerprint
+    log(f"cover-batch: {len(todo)} files on {workers} worker(s) ({cpus:g} CPU, {gpus:g} GPU, "
+        f"{memory / GB:.1f} GB each)")
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own bar and summary instead
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    blocks = math.ceil(len(todo) / settings.batch_size)
+    ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
+    results = ds.map_batches(
+        CoverScorer, fn_constructor_kwargs=kw, batch_size=settings.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers,
+                                           max_tasks_in_flight_per_actor=settings.tasks_per_worker),
+        num_cpus=cpus, num_gpus=gpus or None, memory=memory)
+
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="file", file=sys.stderr, dynamic_ncols=True)
+    writer = store.writer()
+    try:
+        for table in results.iter_batches(batch_size=None, batch_format="pyarrow",
+                                          prefetch_batches=0):
+            writer.write(table)
+            failed = table.num_rows - table.column("error").null_count
+            summary.scored += table.num_rows - failed
+            summary.failed += failed
+            if bar is not None:
+                bar.update(table.num_rows)
+                bar.set_postfix(failed=summary.failed, refresh=False)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    except CoverError:
+        raise
+    except Exception as exc:  # Ray's wrapped worker failures: one line, rows kept
+        raise CoverError(f"the workers failed: {_cause(exc)} (the {summary.scored + summary.failed} "
+                         f"rows written so far are kept in {store.parts_dir})") from None
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
