@@ -23,7 +23,7 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import onnx
 import torch
@@ -40,12 +40,16 @@ from .cover import COVER
 
 __all__ = ["DEFAULT_OPSET", "EXAMPLE_BATCH", "SemanticGraph", "GatedGraph",
            "fused_channels_first_norms", "GraphPlan", "graph_plans", "graph_module",
-           "example_inputs", "trace_graph"]
+           "example_inputs", "trace_graph", "attention_in_head_chunks", "ATTENTION_HEAD_CHUNK"]
 
 #: The dynamo exporter's native opset; TensorRT 10's ONNX parser reads opsets 9..20.
 DEFAULT_OPSET = 18
 #: Batch of the example inputs: torch.export specialises a dimension of size 1, so use 2.
 EXAMPLE_BATCH = 2
+#: fp32 graphs attend this many CLIP heads at a time (``attention_in_head_chunks``): ONNX Runtime's
+#: CPU provider holds the attention scores and their softmax whole, 4.3 GB per layer at official
+#: size with all 16 heads; 4 at a time keeps them at a quarter (BENCHMARKS.md, ONNX Runtime memory).
+ATTENTION_HEAD_CHUNK = 4
 
 
 class SemanticGraph(nn.Module):
@@ -158,13 +162,32 @@ def example_inputs(plan: GraphPlan, batch: int = EXAMPLE_BATCH, seed: int = 0):
     return tuple(torch.randn(t.with_batch(batch), generator=g) for t in plan.inputs)
 
 
-def trace_graph(model: COVER, plan: GraphPlan, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The dynamo exporter's fp32 graph for one branch, batch axis dynamic (named "batch")."""
+@contextlib.contextmanager
+def attention_in_head_chunks(model: nn.Module, heads: Optional[int]):
+    """While tracing: every CLIP attention layer attends ``heads`` heads at a time (None: all)."""
+    from .clip_vit import SelfAttention
+
+    layers = [m for m in model.modules() if isinstance(m, SelfAttention)]
+    before = [m.head_chunk for m in layers]
+    for m in layers:
+        m.head_chunk = heads
+    try:
+        yield
+    finally:
+        for m, h in zip(layers, before):
+            m.head_chunk = h
+
+
+def trace_graph(model: COVER, plan: GraphPlan, opset: int = DEFAULT_OPSET,
+                head_chunk: Optional[int] = None) -> onnx.ModelProto:
+    """The dynamo exporter's fp32 graph for one branch, batch axis dynamic (named "batch");
+    ``head_chunk``: see :func:`attention_in_head_chunks`."""
     module = graph_module(model, plan)
     batch = torch.export.Dim(BATCH, min=1)
     names = [t.name for t in plan.inputs]
     quiet = io.StringIO()
-    with torch.no_grad(), fused_channels_first_norms(model), warnings.catch_warnings(), \
+    with torch.no_grad(), fused_channels_first_norms(model), \
+            attention_in_head_chunks(model, head_chunk), warnings.catch_warnings(), \
             contextlib.redirect_stdout(quiet), _quiet_loggers("torch.onnx", "onnxscript", "torch"):
         warnings.simplefilter("ignore")
         try:

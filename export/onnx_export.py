@@ -27,7 +27,8 @@ from cover_engine.runtime.errors import EngineError, WeightsError
 from cover_engine.runtime.gpu.kernels import VIEW_KERNELS, kernel_path
 from .config import ModelConfig, resolve_config
 from .cover import COVER
-from .graphs import DEFAULT_OPSET, GraphPlan, example_inputs, graph_module, graph_plans, trace_graph
+from .graphs import (ATTENTION_HEAD_CHUNK, DEFAULT_OPSET, GraphPlan, example_inputs, graph_module,
+                     graph_plans, trace_graph)
 from .onnx_passes import (EXTERNAL_DATA_THRESHOLD, convert_to_fp16, fold_constants,
                           graph_signature, save_graph, set_graph_identity, trt_parser_problems)
 from .weights import weight_identity
@@ -48,8 +49,12 @@ Log = Callable[[str], None]
 def export_graph(model: COVER, plan: GraphPlan, out_dir: Path, *, precision: str = "fp32",
                  opset: int = DEFAULT_OPSET,
                  external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> GraphEntry:
-    """Trace, fold, convert, check and save one graph; its manifest entry (no engine yet)."""
-    proto = trace_graph(model, plan, opset)
+    """Trace, fold, convert, check and save one graph; its manifest entry (no engine yet).
+
+    fp32 graphs (the CPU path) attend in head chunks (``graphs.ATTENTION_HEAD_CHUNK``); fp16
+    graphs, built into TensorRT engines, keep whole attention for TensorRT's fused kernels."""
+    proto = trace_graph(model, plan, opset,
+                        head_chunk=ATTENTION_HEAD_CHUNK if precision == "fp32" else None)
     fold_constants(proto)
     if precision == "fp16":
         convert_to_fp16(proto)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from cover_engine.runtime.batch.fingerprint import fingerprint
 from cover_engine.runtime.batch.schema import rows_to_table
+from cover_engine.runtime.constants import DEFAULT_COLOUR
 from cover_engine.runtime.errors import CoverError, one_line
 
 __all__ = ["CoverScorer", "describe_error", "batch_paths"]
@@ -57,7 +58,8 @@ class CoverScorer:
     """Scores batches of file paths; returns one result row per path (see ``schema.RESULT_COLUMNS``).
 
     Keyword arguments are those of ``cover_engine.runtime.scoring.make_scorer`` (backend, engines,
-    weights, clip_weights, config, device, precision, seed, clips, random_weights), plus
+    weights, clip_weights, config, device, precision, torch_mode, seed, clips, random_weights,
+    colour), plus
     ``threads`` (default: the CPUs Ray reserved for this actor) and ``fingerprint``
     (``sampled`` or ``full``, see ``fingerprint.py``). On a cluster, every path and file named
     here must exist on every worker node.
@@ -65,15 +67,16 @@ class CoverScorer:
 
     def __init__(self, backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
                  config=None, device: str = "cpu", precision: str = "fp32",
-                 seed: Optional[int] = None, clips: int = 1, random_weights: bool = False,
+                 torch_mode: str = "eager", seed: Optional[int] = None, clips: int = 1,
+                 random_weights: bool = False, colour: str = DEFAULT_COLOUR,
                  threads: Optional[int] = None, fingerprint: str = "sampled", quiet: bool = True):
         from cover_engine.runtime.scoring import make_scorer
 
         self.fingerprint_kind = fingerprint
         self.scorer = make_scorer(
             backend, engines=engines, weights=weights, clip_weights=clip_weights, device=device,
-            precision=precision, seed=seed, clips=clips, config=config,
-            random_weights=random_weights, threads=threads or _assigned_cpus(),
+            precision=precision, torch_mode=torch_mode, seed=seed, clips=clips, config=config,
+            random_weights=random_weights, colour=colour, threads=threads or _assigned_cpus(),
             log=(lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr)))
         self.backend = self.scorer.name
 

@@ -20,7 +20,8 @@ from typing import Iterable
 import click
 
 from cover_engine.runtime.cli.common import command, cover_errors
-from cover_engine.runtime.cli.options import csv_option, quiet_option, scorer_options
+from cover_engine.runtime.cli.options import (CheckedPath, csv_option, quiet_option,
+                                              scorer_options, writable_output)
 from cover_engine.runtime.cli.run import expand_inputs
 from cover_engine.runtime.errors import InputError
 
@@ -84,7 +85,8 @@ def _gigabytes(ctx, param, value):
 
 @command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("--out", type=CheckedPath(dir_okay=False, path_type=Path), required=True,
+              callback=writable_output,
               help="Results Parquet file; a rerun with the same --out resumes it.")
 @csv_option("Also write the final results as CSV (same columns).")
 @click.option("--address", metavar="auto|HOST:PORT",
@@ -112,7 +114,7 @@ def _gigabytes(ctx, param, value):
 @quiet_option
 def main(paths, out, csv_path, address, workers, gpus_per_worker, cpus_per_worker, batch_size,
          worker_memory, fingerprint, retry_errors, backend, engines, weights, clip_weights,
-         config, device, precision, seed, clips, random_weights, quiet):
+         config, device, precision, torch_mode, seed, clips, colour, random_weights, quiet):
     """Score every video or image in PATHS (files, folders, globs, or CSV/Parquet lists of
     paths) on Ray workers into one Parquet file, one row per input.
 
@@ -131,8 +133,8 @@ def main(paths, out, csv_path, address, workers, gpus_per_worker, cpus_per_worke
     if not files:
         raise click.ClickException("no input files")
     scorer = dict(backend=backend, engines=engines, weights=weights, clip_weights=clip_weights,
-                  config=config, device=device, precision=precision, seed=seed, clips=clips,
-                  random_weights=random_weights)
+                  config=config, device=device, precision=precision, torch_mode=torch_mode,
+                  seed=seed, clips=clips, random_weights=random_weights, colour=colour)
     settings = BatchSettings(address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                              gpus_per_worker=gpus_per_worker, batch_size=batch_size,
                              worker_memory=worker_memory, fingerprint=fingerprint,

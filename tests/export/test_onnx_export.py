@@ -69,11 +69,12 @@ def trace_once():
     traced: dict = {}
     trace = graphs.trace_graph
 
-    def cached(model, plan, opset=graphs.DEFAULT_OPSET):
-        if (plan, opset) not in traced:
-            traced[plan, opset] = trace(model, plan, opset)
+    def cached(model, plan, opset=graphs.DEFAULT_OPSET, head_chunk=None):
+        key = plan, opset, head_chunk
+        if key not in traced:
+            traced[key] = trace(model, plan, opset, head_chunk)
         copy = onnx.ModelProto()
-        copy.CopyFrom(traced[plan, opset])
+        copy.CopyFrom(traced[key])
         return copy
 
     mp = pytest.MonkeyPatch()

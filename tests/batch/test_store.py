@@ -15,7 +15,7 @@ from cover_engine.runtime.batch.resources import (GB, Node, WorkerNeeds, fit_wor
 from cover_engine.runtime.batch.schema import RESULT_COLUMNS
 from cover_engine.runtime.errors import CoverError, InputError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 # --- fingerprints -------------------------------------------------------------------------------
