@@ -59,7 +59,7 @@ class CoverScorer:
 
     Keyword arguments are those of ``cover_engine.runtime.scoring.make_scorer`` (backend, engines,
     weights, clip_weights, config, device, precision, torch_mode, seed, clips, random_weights,
-    colour), plus
+    head, colour), plus
     ``threads`` (default: the CPUs Ray reserved for this actor) and ``fingerprint``
     (``sampled`` or ``full``, see ``fingerprint.py``). On a cluster, every path and file named
     here must exist on every worker node.
@@ -68,7 +68,7 @@ class CoverScorer:
     def __init__(self, backend: str = "auto", *, engines=None, weights=None, clip_weights=None,
                  config=None, device: str = "cpu", precision: str = "fp32",
                  torch_mode: str = "eager", seed: Optional[int] = None, clips: int = 1,
-                 random_weights: bool = False, colour: str = DEFAULT_COLOUR,
+                 random_weights: bool = False, head=None, colour: str = DEFAULT_COLOUR,
                  threads: Optional[int] = None, fingerprint: str = "sampled", quiet: bool = True):
         from cover_engine.runtime.scoring import make_scorer
 
@@ -76,7 +76,8 @@ class CoverScorer:
         self.scorer = make_scorer(
             backend, engines=engines, weights=weights, clip_weights=clip_weights, device=device,
             precision=precision, torch_mode=torch_mode, seed=seed, clips=clips, config=config,
-            random_weights=random_weights, colour=colour, threads=threads or _assigned_cpus(),
+            random_weights=random_weights, head=head, colour=colour,
+            threads=threads or _assigned_cpus(),
             log=(lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr)))
         self.backend = self.scorer.name
 

@@ -114,7 +114,8 @@ def _gigabytes(ctx, param, value):
 @quiet_option
 def main(paths, out, csv_path, address, workers, gpus_per_worker, cpus_per_worker, batch_size,
          worker_memory, fingerprint, retry_errors, backend, engines, weights, clip_weights,
-         config, device, precision, torch_mode, seed, clips, colour, random_weights, quiet):
+         config, device, precision, torch_mode, seed, clips, colour, random_weights, head,
+         quiet):
     """Score every video or image in PATHS (files, folders, globs, or CSV/Parquet lists of
     paths) on Ray workers into one Parquet file, one row per input.
 
@@ -134,7 +135,7 @@ def main(paths, out, csv_path, address, workers, gpus_per_worker, cpus_per_worke
         raise click.ClickException("no input files")
     scorer = dict(backend=backend, engines=engines, weights=weights, clip_weights=clip_weights,
                   config=config, device=device, precision=precision, torch_mode=torch_mode,
-                  seed=seed, clips=clips, random_weights=random_weights, colour=colour)
+                  seed=seed, clips=clips, random_weights=random_weights, head=head, colour=colour)
     settings = BatchSettings(address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                              gpus_per_worker=gpus_per_worker, batch_size=batch_size,
                              worker_memory=worker_memory, fingerprint=fingerprint,

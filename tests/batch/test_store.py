@@ -164,12 +164,18 @@ def test_workers_limited_by_memory_with_the_reason():
 
 
 def test_worker_memory_figures():
+    from cover_engine.runtime.constants import WORKER_MEMORY
+
     official, why = worker_memory("onnxruntime", official=True, graph_bytes=1_600_000_000)
-    assert official < 6 * GB and "measured" in why           # the bound, at official size
+    assert official == WORKER_MEMORY["official"]["cpu"]["onnxruntime"] and "measured" in why
+    torch_mem, why = worker_memory("torch", official=True, graph_bytes=1_150_000_000)
+    assert torch_mem == WORKER_MEMORY["official"]["cpu"]["torch"] and "measured" in why
     small, why = worker_memory("onnxruntime", official=False, graph_bytes=7_000_000)
     assert small < 1 * GB and "estimated" in why
-    torch_mem, _ = worker_memory("torch", official=True)
-    assert torch_mem > 3 * GB
+    bigger, _ = worker_memory("onnxruntime", official=False, graph_bytes=700_000_000)
+    assert bigger > small                             # grows with the model
+    gpu, why = worker_memory("tensorrt", official=True, graph_bytes=800_000_000, device="cuda")
+    assert "estimated" in why                         # nothing measured on a GPU host yet
 
 
 # --- the documented schema ------------------------------------------------------------------------
