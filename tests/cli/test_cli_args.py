@@ -136,8 +136,9 @@ def test_onnxruntime_never_falls_back_to_the_cpu_silently(clip, tmp_path, monkey
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     real_session = ort_runner.ort.InferenceSession
 
-    def cpu_only_session(path, sess_options=None, providers=None):
-        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+    def cpu_only_session(path, sess_options=None, providers=None, **kwargs):
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"],
+                            **kwargs)
     monkeypatch.setattr(ort_runner.ort, "InferenceSession", cpu_only_session)
     line = one_line(CliRunner().invoke(cli_run.main, [
         str(clip), "--backend", "onnxruntime", "--engines", str(tmp_path / "eng"),
