@@ -9,7 +9,6 @@ import hashlib
 import os
 import random
 import re
-import signal
 import socket
 import stat
 import threading
@@ -23,6 +22,8 @@ from cover_engine.runtime import fetch
 from cover_engine.runtime.cli import fetch as cli_fetch
 from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS, WeightFile
 from cover_engine.runtime.errors import WeightsError
+
+from helpers import no_block
 
 PAYLOAD = random.Random(0).randbytes(300_000)
 OTHER = random.Random(1).randbytes(120_000)
@@ -489,7 +490,7 @@ def test_part_fifo_neither_blocks_nor_is_written(server, tmp_path):
     dest = tmp_path / "w"
     dest.mkdir()
     os.mkfifo(dest / "fake.bin.part")
-    path = _run_with_alarm(lambda: _get(_wf(server), dest))
+    path = no_block(lambda: _get(_wf(server), dest))
     assert path.read_bytes() == PAYLOAD and not (dest / "fake.bin.part").exists()
 
 
@@ -514,7 +515,7 @@ def test_sidecar_links_and_fifos_are_never_written_through(server, tmp_path):
     assert not sidecar.is_symlink() and sidecar.read_text().startswith(_sha(PAYLOAD))
     sidecar.unlink()
     os.mkfifo(sidecar)  # a FIFO sidecar must not hang the cheap check
-    assert _run_with_alarm(lambda: fetch.verify(path, _wf(server))) is None
+    assert no_block(lambda: fetch.verify(path, _wf(server))) is None
     assert not stat.S_ISFIFO(os.lstat(sidecar).st_mode)
 
 
@@ -531,21 +532,7 @@ def test_destination_symlink_is_replaced_not_written(server, tmp_path):
 
 def test_check_names_a_fifo_for_what_it_is(fake_files, tmp_path):
     os.mkfifo(tmp_path / "fake.bin")
-    result = _run_with_alarm(lambda: CliRunner().invoke(
+    result = no_block(lambda: CliRunner().invoke(
         cli_fetch.main, ["--dir", str(tmp_path), "--check", "--only", "cover"]))
     assert result.exit_code == 1
     assert f"{tmp_path / 'fake.bin'} is a FIFO" in result.stderr
-
-
-def _run_with_alarm(fn, seconds: int = 20):
-    """Run ``fn``; a call that blocks (opening a FIFO) fails the test instead of hanging it."""
-    def timeout(*_):
-        raise TimeoutError("blocked: opened a FIFO?")
-
-    old = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(seconds)
-    try:
-        return fn()
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)

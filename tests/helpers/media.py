@@ -149,3 +149,18 @@ def write_audio(path, seconds: float = 0.2, rate: int = 8000) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def noisy_mp4(path: Path, frames: int = 12) -> Path:
+    """An MP4 with its index first (faststart) and big noisy frames: cut short, it keeps a header
+    that claims every frame (for truncated-file tests)."""
+    raw = write_video(path.with_suffix(".raw.mp4"),
+                      [flat(64, 64, t, noise=8) for t in range(frames)])
+    with av.open(str(raw)) as src, \
+            av.open(str(path), "w", options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return path

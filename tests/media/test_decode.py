@@ -17,7 +17,7 @@ from cover_engine.runtime.media.decode import (Frame, ShortVideoError, frame_ind
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.views.assemble import build_views, load_views, normalise
 
-from helpers.media import (flat, frame_number, has_encoder, pattern, remux, textured, write_audio,
+from helpers.media import (flat, noisy_mp4, frame_number, has_encoder, pattern, remux, textured, write_audio,
                    write_image, write_video)
 
 SMALL = {"semantic": replace(OFFICIAL_VIEWS["semantic"], clip_len=4, t_frag=4, size_h=28,
@@ -491,18 +491,6 @@ def one_line_error(path, call=probe, *args):
     return message
 
 
-def noisy_mp4(path, frames=12):
-    """An MP4 with its index first (faststart) and big frames, so truncating it keeps a header."""
-    raw = write_video(path.with_suffix(".raw.mp4"),
-                      [flat(64, 64, t, noise=8) for t in range(frames)])
-    with av.open(str(raw)) as src, \
-            av.open(str(path), "w", options={"movflags": "faststart"}) as dst:
-        stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(video=0):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
-    return path
 
 
 def test_missing_empty_text_directory_and_audio_only(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from cover_engine.runtime.results import FileScore
 from cover_engine.runtime.scoring import Scorer
 
 from helpers.media import flat, write_image, write_video
+from helpers import no_block
 
 #: Literal file names that FFmpeg would otherwise take as a protocol, with their frame counts.
 PROTOCOL_NAMES = {"file:a.mp4": 7, "http:b.mp4": 5, "concat:a.mp4|b.mp4": 6, "pipe:0": 4,
@@ -102,32 +102,20 @@ def test_image_name_with_a_pattern_is_that_image(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- special files
 
-def _no_block(fn, seconds: int = 20):
-    """Run ``fn``; opening a FIFO blocks forever, so a blocked call fails the test instead."""
-    def timeout(*_):
-        raise TimeoutError("blocked: the FIFO was opened")
-
-    old = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(seconds)
-    try:
-        return fn()
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def test_fifo_is_named_for_what_it_is(tmp_path):
     fifo = tmp_path / "clip.mp4"
     os.mkfifo(fifo)
     with pytest.raises(InputError) as err:
-        _no_block(lambda: probe(fifo))
+        no_block(lambda: probe(fifo))
     assert str(err.value) == f"{fifo}: is a FIFO (named pipe), not a video or image file"
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
 def test_character_device_is_named_for_what_it_is():
     with pytest.raises(InputError) as err:
-        _no_block(lambda: probe("/dev/zero"))
+        no_block(lambda: probe("/dev/zero"))
     assert str(err.value) == "/dev/zero: is a character device, not a video or image file"
 
 
@@ -214,7 +202,7 @@ def test_cover_run_names_each_special_input_in_one_line(media_dir, monkeypatch):
     _deny_listing(monkeypatch, media_dir / "locked")
     args = ["concat:a.mp4|b.mp4", "http:b.mp4", "file:nothing.mp4", "fifo.mp4", "locked",
             "/dev/zero", "--json", "-q"]
-    res = _no_block(lambda: CliRunner().invoke(run_main, args))
+    res = no_block(lambda: CliRunner().invoke(run_main, args))
     assert res.exit_code == 1, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     scored = {o["path"]: o["frames"] for o in map(json.loads, res.stdout.splitlines())}
@@ -236,7 +224,7 @@ def test_cover_eval_lists_special_files_as_unreadable_not_missing(media_dir):
     os.mkfifo(media_dir / "fifo.mp4")
     items = [LabelItem("concat:a.mp4|b.mp4", 3.0), LabelItem("fifo.mp4", 2.0),
              LabelItem("fifo", 1.0), LabelItem("gone.mp4", 1.5)]
-    run = _no_block(lambda: evaluate(items, _ProbeScorer(), media_dir / "s.csv", root=media_dir,
+    run = no_block(lambda: evaluate(items, _ProbeScorer(), media_dir / "s.csv", root=media_dir,
                                      progress=False))
     assert {k: s.frames for k, s in run.scores.items()} == {"concat:a.mp4|b.mp4": 6}
     assert run.missing == ["gone.mp4"]

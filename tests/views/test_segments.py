@@ -22,7 +22,7 @@ from cover_engine.runtime.views.segments import (FrameTimes, Window, as_fraction
                                                  uniform_times, window_of_frames, window_plans)
 
 from helpers import SAMPLE
-from helpers.media import flat, write_video
+from helpers.media import flat, noisy_mp4, write_video
 #: Small views (the reference vectors' sizes): semantic 4 frames, technical/aesthetic 8.
 SMALL = views_for_inputs({"semantic": (1, 3, 4, 112, 112), "technical": (1, 3, 8, 224, 224),
                           "aesthetic": (1, 3, 8, 224, 224)})
@@ -237,19 +237,6 @@ def test_an_image_has_no_windows(tmp_path):
     assert result.segments == [] and result.semantic == pytest.approx(90, abs=1)
 
 
-def noisy_mp4(path: Path, frames: int = 12) -> Path:
-    """An MP4 with its index first (faststart) and big frames: cut short, it keeps a header
-    that claims every frame."""
-    raw = write_video(path.with_suffix(".raw.mp4"),
-                      [flat(64, 64, t, noise=8) for t in range(frames)])
-    with av.open(str(raw)) as src, \
-            av.open(str(path), "w", options={"movflags": "faststart"}) as dst:
-        stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(video=0):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
-    return path
 
 
 def test_a_truncated_file_is_cut_on_the_frames_that_decode(tmp_path):
