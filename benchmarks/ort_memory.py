@@ -5,7 +5,8 @@
 
 A variant is a comma-separated list of ``OrtSettings`` changes: ``threads=N``,
 ``opt=disabled|basic|extended|all``, ``arena=0|1``, ``pattern=0|1``, ``shrink=0|1``,
-``prepack=0|1``, ``fold=0|1`` (``default`` changes nothing). Each runs in its own process, so its peak
+``prepack=0|1``, ``fold=0|1``; ``default`` is ONNX Runtime's own settings, ``lean`` (optionally
+followed by changes) cover-engine's for large models (``OrtSettings.lean``). Each runs in its own process, so its peak
 (``VmHWM``) is its own: the process builds the backend (``load``), then scores the clip
 ``--runs`` times end to end (decode, views, the three graphs). The scores of every variant are
 printed too: settings may change speed and memory, never the numbers beyond float noise.
@@ -32,9 +33,13 @@ def parse_variant(text: str):
     """``OrtSettings`` from ``key=value,...`` (``default``: the defaults)."""
     from cover_engine.runtime.engines.ort_runner import OrtSettings
 
-    settings = OrtSettings()
+    settings = OrtSettings()  # ONNX Runtime's own defaults; "lean" starts from OrtSettings.lean()
     if text in ("", "default"):
         return settings
+    if text.startswith("lean"):
+        settings, text = OrtSettings.lean(), text[len("lean"):].lstrip(",")
+        if not text:
+            return settings
     for item in text.split(","):
         key, _, value = item.partition("=")
         if key not in _KEYS:

@@ -237,10 +237,12 @@ TRAIN_MIN_VAL_VIDEOS = 3
 #: feature cache serves every split and training seed.
 TRAIN_SAMPLE_SEED = 0
 #: Peak host memory of one ``cover-batch`` worker, in bytes (``runtime.batch.resources``).
-#: "official": measured at official size on a CPU (BENCHMARKS.md, "Memory per worker"); other
-#: cases are estimated as ``base + per_graph_byte * (size of the exported graphs or weights)``.
+#: "official": the peak resident size of one Ray worker scoring a 1080p clip at official size on
+#: a CPU, measured (BENCHMARKS.md, "Memory per worker": 6.10 GiB with ONNX Runtime, 3.66 GiB
+#: with torch), rounded up; other cases are estimated as
+#: ``base + per_graph_byte * (size of the exported graphs or weights)``.
 WORKER_MEMORY: dict = {
-    "official": {"cpu": {"onnxruntime": 6.0 * 1024 ** 3, "torch": 4.2 * 1024 ** 3}},
+    "official": {"cpu": {"onnxruntime": 6.25 * 1024 ** 3, "torch": 3.75 * 1024 ** 3}},
     "base": 0.75 * 1024 ** 3,
     "per_graph_byte": 3.0,
 }

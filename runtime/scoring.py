@@ -8,6 +8,7 @@ either :class:`Scorer` (views made on the CPU, any backend) or, for TensorRT, th
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
@@ -71,10 +72,12 @@ def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weig
 
     ``auto`` with no engine folder uses the cached export for these weights (and ``head``, a
     ``cover-train`` head file), exporting it once (which needs torch and the weights) when it is
-    not there yet. With an engine folder, ``head`` must be the one its manifest names.
+    not there yet -- except on a CPU, where it first asks :func:`auto_backend` whether torch is
+    the faster there. With an engine folder, ``head`` must be the one its manifest names.
     ``threads`` caps ONNX Runtime's CPU threads (one batch worker per core wants 1); torch
     follows ``OMP_NUM_THREADS``.
     """
+    backend = auto_backend(backend, engines=engines, device=device, config=config, log=log)
     if torch_mode != "eager" and backend != "torch":
         raise CoverError(f"--torch-mode {torch_mode} applies to --backend torch, not {backend}")
     if backend == "torch":
@@ -98,6 +101,20 @@ def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weig
     cls = backend_class(backend)
     return cls(engine_dir, device=device if device.startswith("cuda") else "cuda", log=log) \
         if backend == "tensorrt" else cls(engine_dir, device=device, threads=threads)
+
+
+def auto_backend(backend: str, *, engines=None, device: str = "cpu", config=None,
+                 log=print) -> str:
+    """``auto`` on a CPU without an engine folder: ``torch`` where a measured probe finds it the
+    faster (``export.cpu_probe``, once per machine), else ``auto`` unchanged. Anything else --
+    another backend, a GPU, engines handed over, no torch installed -- is returned as given."""
+    if backend != "auto" or engines is not None or str(device) != "cpu":
+        return backend
+    if importlib.util.find_spec("torch") is None:
+        return backend
+    from cover_engine.export.cpu_probe import cpu_backend
+
+    return "torch" if cpu_backend(config, log=log) == "torch" else backend
 
 
 def _tensorrt_usable(engine_dir: Path) -> bool:

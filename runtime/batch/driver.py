@@ -69,14 +69,20 @@ def require_ray():
     return ray
 
 
-def prepare_scorer_kwargs(scorer: dict[str, Any], log: Log) -> tuple[dict[str, Any], float, str]:
-    """Absolute paths for the workers, the engine folder made ready here (exported once if the
-    cache lacks it), and the per-worker memory figure with its source."""
+def prepare_scorer_kwargs(scorer: dict[str, Any], log: Log,
+                          gpus_per_worker: float = 0.0) -> tuple[dict[str, Any], float, str]:
+    """What the workers get: absolute paths, the device, ``auto`` resolved here (the CPU probe
+    runs once, on the driver), the engine folder made ready here (exported once if the cache
+    lacks it); and the per-worker memory figure with its source."""
     from cover_engine.runtime.constants import OFFICIAL_VIEWS
+    from cover_engine.runtime.scoring import auto_backend
 
     kw = {k: (str(Path(v).absolute()) if isinstance(v, Path) else v) for k, v in scorer.items()}
-    backend = kw.get("backend", "auto")
+    if gpus_per_worker and not str(kw.get("device", "cpu")).startswith("cuda"):
+        kw["device"] = "cuda"
     device = kw.get("device", "cpu")
+    kw["backend"] = backend = auto_backend(kw.get("backend", "auto"), engines=kw.get("engines"),
+                                           device=device, config=kw.get("config"), log=log)
     if backend != "torch":
         from cover_engine.runtime.engines.manifest import load_manifest
 
@@ -86,9 +92,10 @@ def prepare_scorer_kwargs(scorer: dict[str, Any], log: Log) -> tuple[dict[str, A
             kw["engines"] = str(ensure_cached_engines(
                 weights=kw.get("weights"), clip_weights=kw.get("clip_weights"),
                 config=kw.get("config"), random_weights=kw.get("random_weights", False), log=log))
+        from cover_engine.runtime.engines.ort_runner import graph_bytes
+
         manifest = load_manifest(kw["engines"])  # fail here, once, not in every worker
-        size = sum(g.file.bytes + (g.external_data.bytes if g.external_data else 0)
-                   for g in manifest.graphs if g.mode == "video")
+        size = graph_bytes(manifest)
         official = manifest.specs == dict(OFFICIAL_VIEWS)
     else:
         official = kw.get("config") is None
@@ -177,7 +184,7 @@ def run_batch(paths: Sequence[str], out, scorer: dict[str, Any], settings: Batch
 
 def _score(todo: list[str], store: ResultStore, scorer: dict[str, Any], settings: BatchSettings,
            summary: BatchSummary, progress: bool, log: Log) -> None:
-    kw, memory, source = prepare_scorer_kwargs(scorer, log)
+    kw, memory, source = prepare_scorer_kwargs(scorer, log, settings.gpus_per_worker)
     if settings.worker_memory:
         memory, source = settings.worker_memory, "--worker-memory"
     ray = require_ray()
@@ -207,9 +214,6 @@ def _run_on_ray(ray, todo, store, kw, memory, source, settings, summary, progres
     if settings.cpus_per_worker is None and not gpus and len(nodes) == 1:
         cpus = max(1.0, math.floor(nodes[0].cpus / workers))  # a lone node's cores, shared out
     summary.workers = workers
-    if gpus:
-        kw = {**kw, "device": kw.get("device") if str(kw.get("device", "")).startswith("cuda")
-              else "cuda"}
     kw["threads"] = int(cpus)
     kw["fingerprint"] = settings.fingerprint
     log(f"cover-batch: {len(todo)} files on {workers} worker(s) ({cpus:g} CPU, {gpus:g} GPU, "

@@ -59,7 +59,7 @@ def worker_memory(backend: str, *, official: bool, graph_bytes: Optional[int] = 
     size = graph_bytes or 0
     estimate = base + factor * size
     measured = WORKER_MEMORY["official"].get(kind, {}).get(key) if official else None
-    if measured is not None and measured >= estimate:
+    if measured is not None:
         return measured, f"measured peak of one {key} worker at official size ({kind})"
     return estimate, (f"estimated as {format_bytes(base)} + {factor:g} x "
                       f"{format_bytes(size)} of model files")

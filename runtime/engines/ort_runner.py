@@ -81,13 +81,17 @@ _OPT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
+#: Engine folders whose graphs total more than this get :meth:`OrtSettings.lean` by default.
+LEAN_ABOVE_BYTES = 256 * 1024 ** 2
+
+
 @dataclass(frozen=True)
 class OrtSettings:
     """ONNX Runtime session choices that trade host memory against speed.
 
-    The defaults keep the official model's peak host memory under 6 GiB at unchanged speed
-    (BENCHMARKS.md, "ONNX Runtime memory": 5.9 GiB and 162 s of CPU time per 1080p clip,
-    against 15.0 GiB and 157-162 s with ONNX Runtime's own defaults):
+    The field defaults are ONNX Runtime's own. :meth:`lean` keeps the official model's peak
+    host memory under 6 GiB at unchanged speed (BENCHMARKS.md, "ONNX Runtime memory": 5.9 GiB
+    and 162 s of CPU time per 1080p clip, against 15.0 GiB and 157-162 s):
 
     * ``fold_constants=False``: the export already folds what stays small; ONNX Runtime's
       folding would also broadcast the Swin's per-window biases into 1.7 GB of new weights
@@ -96,15 +100,28 @@ class OrtSettings:
       add up (15 GiB) unless each hands its memory back after its run; the arena still reuses
       blocks inside a run, which is where the speed is (no arena at all: +20% time).
     * ``mem_pattern=False``: with shrinking, a pre-planned block per run buys nothing.
+
+    For small models the trade goes the other way (folding saves a quarter of the reference-
+    vector model's time and its memory does not matter), so :meth:`for_graphs` picks by size.
     """
 
     threads: Optional[int] = None    # intra-op threads; None: ONNX Runtime's default (all cores)
     optimization: str = "all"        # graph optimisation level: disabled | basic | extended | all
     arena: bool = True               # CPU memory arena (keeps freed blocks for reuse)
-    mem_pattern: bool = False        # pre-planned activation buffers from the first run's shapes
-    shrink_arena: bool = True        # hand the arena's memory back after every run
+    mem_pattern: bool = True         # pre-planned activation buffers from the first run's shapes
+    shrink_arena: bool = False       # hand the arena's memory back after every run
     prepack: bool = True             # MLAS weight prepacking (a packed copy of each MatMul weight)
-    fold_constants: bool = False     # ONNX Runtime's ConstantFolding (stores what it folds)
+    fold_constants: bool = True      # ONNX Runtime's ConstantFolding (stores what it folds)
+
+    @classmethod
+    def lean(cls, threads: Optional[int] = None) -> "OrtSettings":
+        """Bounded host memory for large models (see the class docstring)."""
+        return cls(threads=threads, mem_pattern=False, shrink_arena=True, fold_constants=False)
+
+    @classmethod
+    def for_graphs(cls, graph_bytes: int, threads: Optional[int] = None) -> "OrtSettings":
+        """:meth:`lean` for graphs above :data:`LEAN_ABOVE_BYTES` in total, else the defaults."""
+        return cls.lean(threads) if graph_bytes > LEAN_ABOVE_BYTES else cls(threads=threads)
 
     def session_options(self) -> "ort.SessionOptions":
         options = ort.SessionOptions()
@@ -134,6 +151,12 @@ class OrtSettings:
         return options
 
 
+def graph_bytes(manifest: Manifest) -> int:
+    """Size of the video graphs (and their external weights) of an engine folder."""
+    return sum(g.file.bytes + (g.external_data.bytes if g.external_data else 0)
+               for g in manifest.graphs if g.mode == manifest.modes[0])
+
+
 class OrtBackend(FolderBackend):
     """The three graphs of an engine folder as one backend: ``run(views) -> score maps``.
 
@@ -150,7 +173,7 @@ class OrtBackend(FolderBackend):
         self.name = "onnxruntime" if self.manifest.precision == "fp32" else \
             f"onnxruntime-{self.manifest.precision}"
         self.specs: dict[str, ViewSpec] = self.manifest.specs
-        settings = settings or OrtSettings()
+        settings = settings or OrtSettings.for_graphs(graph_bytes(self.manifest))
         if threads:
             settings = replace(settings, threads=threads)
         self.settings = settings

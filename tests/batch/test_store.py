@@ -173,7 +173,7 @@ def test_worker_memory_figures():
     small, why = worker_memory("onnxruntime", official=False, graph_bytes=7_000_000)
     assert small < 1 * GB and "estimated" in why
     bigger, _ = worker_memory("onnxruntime", official=False, graph_bytes=700_000_000)
-    assert bigger > small                             # grows with the model
+    assert bigger > small + 2 * GB                    # grows with the model
     gpu, why = worker_memory("tensorrt", official=True, graph_bytes=800_000_000, device="cuda")
     assert "estimated" in why                         # nothing measured on a GPU host yet
 
