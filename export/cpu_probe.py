@@ -1,9 +1,9 @@
 """Which backend ``auto`` runs on a CPU: torch or ONNX Runtime, decided by measuring both here.
 
-Neither is the faster one everywhere: on one 2-core machine ONNX Runtime took 0.56x torch's time
-per clip, on another (and on the same one after torch's attention went through its fused
-kernel) 1.7x (BENCHMARKS.md, "Which backend auto picks on a CPU"). The semantic branch is
-more than 90% of a clip at official size, so the probe times one of its transformer blocks at
+Neither is the faster one everywhere: at official size ONNX Runtime took 0.56x torch's time per
+clip on one 2-vCPU machine and 1.26x on another (BENCHMARKS.md, "Which backend auto picks on a
+CPU"). The semantic branch is more than 90% of a clip at official size, so the probe times one
+of its transformer blocks at
 the model's real shapes, in torch and as the fp32 export would run it in ONNX Runtime (head
 chunks and session settings included), and picks the faster. It takes seconds, not a clip's
 minutes, and the answer is cached per machine, library versions and model shape in

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import os
 import time
 from dataclasses import dataclass, field
@@ -140,14 +141,24 @@ def _nodes(ray, local: bool) -> list[Node]:
 
 
 def _cause(exc: BaseException) -> str:
-    """The innermost message of a Ray failure (a worker's CoverError if there is one)."""
-    seen = exc
-    while True:
-        inner = getattr(seen, "cause", None) or seen.__cause__
-        if inner is None or inner is seen:
-            break
-        seen = inner
-    return " ".join(str(seen).split())[:500] or type(seen).__name__
+    """One line for a Ray failure: the last line of the first traceback in its chain (Ray puts
+    the worker's traceback in the message), our own errors as their message."""
+    from cover_engine.runtime import errors
+
+    seen, chain, e = set(), [], exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    for e in chain:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if not lines:
+            continue
+        match = re.match(r"^(?:[\w.]+\.)?(\w+): (.*)$", lines[-1])
+        if match and isinstance(getattr(errors, match.group(1), None), type):
+            return match.group(2)[:500]  # a CoverError raised in a worker: its message
+        return lines[-1][:500]
+    return type(exc).__name__
 
 
 def run_batch(paths: Sequence[str], out, scorer: dict[str, Any], settings: BatchSettings, *,
@@ -219,7 +230,7 @@ def _run_on_ray(ray, todo, store, kw, memory, source, settings, summary, progres
     log(f"cover-batch: {len(todo)} files on {workers} worker(s) ({cpus:g} CPU, {gpus:g} GPU, "
         f"{memory / GB:.1f} GB each)")
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own bar and summary instead
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # our bar, summary and error line
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

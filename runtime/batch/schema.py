@@ -39,6 +39,8 @@ RESULT_COLUMNS: tuple[Column, ...] = (
     Column("frames", "int64", True, "frames in the file (1 for an image); null on error"),
     Column("resolution", "string", True, "`WIDTHxHEIGHT` as decoded; null on error"),
     Column("backend", "string", False, "backend that ran the model (`onnxruntime`, `torch`, ...)"),
+    Column("colour", "string", False, "YUV -> RGB conversion the views were made with (`decord`, "
+                                      "`exact`)"),
     Column("seconds", "float64", False,
            "worker wall time for this file: fingerprint, decoding, views and inference"),
     Column("error", "string", True, "one line naming the file and the cause; null when scored"),

@@ -73,6 +73,7 @@ class CoverScorer:
         from cover_engine.runtime.scoring import make_scorer
 
         self.fingerprint_kind = fingerprint
+        self.colour = colour
         self.scorer = make_scorer(
             backend, engines=engines, weights=weights, clip_weights=clip_weights, device=device,
             precision=precision, torch_mode=torch_mode, seed=seed, clips=clips, config=config,
@@ -84,7 +85,7 @@ class CoverScorer:
     def score_one(self, path: str) -> dict[str, Any]:
         """The result row of one file (never raises for a bad file)."""
         started = time.perf_counter()
-        row: dict[str, Any] = {"path": path, "backend": self.backend}
+        row: dict[str, Any] = {"path": path, "backend": self.backend, "colour": self.colour}
         try:
             row["fingerprint"] = fingerprint(path, self.fingerprint_kind)
         except OSError as exc:
@@ -98,7 +99,7 @@ class CoverScorer:
         else:
             row.update(semantic=score.semantic, technical=score.technical,
                        aesthetic=score.aesthetic, overall=score.overall, frames=score.frames,
-                       resolution=score.resolution, backend=score.backend)
+                       resolution=score.resolution, backend=score.backend, colour=score.colour)
         row["seconds"] = time.perf_counter() - started
         return row
 

@@ -140,7 +140,7 @@ def main(paths, out, csv_path, address, workers, gpus_per_worker, cpus_per_worke
                              gpus_per_worker=gpus_per_worker, batch_size=batch_size,
                              worker_memory=worker_memory, fingerprint=fingerprint,
                              retry_errors=retry_errors)
-    with cover_errors(f" (rerun the same command to resume into {out})"):
+    with cover_errors():  # a failure mid-run says itself where the rows so far are kept
         summary = run_batch(files, out, scorer, settings, csv=csv_path,
                             progress=not quiet and sys.stderr.isatty(), log=log)
 

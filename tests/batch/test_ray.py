@@ -96,8 +96,8 @@ def test_batch_rows_match_cover_run_and_bad_files_are_rows(tmp_path, engines, cl
         assert row["error"] is None and row["fingerprint"].startswith("sampled:")
         for k in SCORES:
             assert row[k] == pytest.approx(want[k], abs=1e-6)
-        assert (row["frames"], row["resolution"], row["backend"]) == \
-            (want["frames"], want["resolution"], "onnxruntime")
+        assert (row["frames"], row["resolution"], row["backend"], row["colour"]) == \
+            (want["frames"], want["resolution"], "onnxruntime", want["colour"])
     for bad in (empty, text, tmp_path / "gone.mp4"):
         row = rows[str(bad)]
         assert row["overall"] is None and row["frames"] is None

@@ -67,11 +67,11 @@ from cover_engine.runtime.batch.store import ResultStore, plan  # noqa: E402
 
 def _row(path, overall=1.0, error=None, fp="sampled:1:00"):
     if error:
-        return {"path": path, "fingerprint": fp, "backend": "onnxruntime", "seconds": 0.1,
-                "error": error}
+        return {"path": path, "fingerprint": fp, "backend": "onnxruntime", "colour": "decord",
+                "seconds": 0.1, "error": error}
     return {"path": path, "fingerprint": fp, "semantic": 0.5, "technical": 0.25,
             "aesthetic": overall - 0.75, "overall": overall, "frames": 30,
-            "resolution": "64x48", "backend": "onnxruntime", "seconds": 0.1}
+            "resolution": "64x48", "backend": "onnxruntime", "colour": "decord", "seconds": 0.1}
 
 
 def test_parts_survive_a_torn_tail_and_finalize_is_whole(tmp_path):
@@ -173,7 +173,7 @@ def test_worker_memory_figures():
     small, why = worker_memory("onnxruntime", official=False, graph_bytes=7_000_000)
     assert small < 1 * GB and "estimated" in why
     bigger, _ = worker_memory("onnxruntime", official=False, graph_bytes=700_000_000)
-    assert bigger > small + 2 * GB                    # grows with the model
+    assert bigger > small + 2 * GB                    # grows with the model (3.5 x 0.7 GB)
     gpu, why = worker_memory("tensorrt", official=True, graph_bytes=800_000_000, device="cuda")
     assert "estimated" in why                         # nothing measured on a GPU host yet
 
