@@ -170,6 +170,14 @@ def run_batch(paths: Sequence[str], out, scorer: dict[str, Any], settings: Batch
     """
     started = time.perf_counter()
     store = ResultStore(out, csv=csv)
+    summary, final = _locked_run(store, paths, scorer, settings, progress, log)
+    summary.rows = final.num_rows
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _locked_run(store: ResultStore, paths: Sequence[str], scorer: dict[str, Any],
+                settings: BatchSettings, progress: bool, log: Log):
     with store.lock():
         loaded = store.load()
         for note in loaded.torn:
@@ -186,11 +194,9 @@ def run_batch(paths: Sequence[str], out, scorer: dict[str, Any], settings: Batch
             if summary.interrupted:
                 log("cover-batch: interrupted; keeping what is done (rerun to continue)")
             final = store.load().table
-            store.finalize(final)
-    store.remove_parts_dir()
-    summary.rows = final.num_rows
-    summary.seconds = time.perf_counter() - started
-    return summary
+            if final.num_rows or store.out.exists():  # a run refused at the start writes nothing
+                store.finalize(final)
+    return summary, final
 
 
 def _score(todo: list[str], store: ResultStore, scorer: dict[str, Any], settings: BatchSettings,

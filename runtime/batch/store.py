@@ -13,7 +13,7 @@
   path whose content fingerprint still matches (``plan``). Rows of paths not named in this run
   are kept: the output accumulates.
 
-An advisory lock on ``parts/.lock`` keeps two runs from writing the same results.
+An advisory lock on the parts folder keeps two runs from writing the same results.
 """
 from __future__ import annotations
 
@@ -127,17 +127,36 @@ class ResultStore:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the results exclusively for this run (refuses at once if another run holds them)."""
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.parts_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        """Hold the results exclusively for this run (refuses at once if another run holds them).
+
+        The lock is on the parts folder itself, and the holder removes the folder when it ends
+        empty (every row in the final file). A run that locked a folder removed meanwhile sees
+        that its inode is no longer the path's and locks the new one instead.
+        """
+        while True:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.parts_dir, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                os.close(fd)
                 raise CoverError(f"{self.out}: another cover-batch run is writing these results "
-                                 f"(lock held on {self.parts_dir / '.lock'})") from None
+                                 f"(it holds {self.parts_dir})") from None
+            try:
+                same = os.stat(self.parts_dir).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
             yield
         finally:
+            try:
+                if not self.part_files():
+                    self.parts_dir.rmdir()
+            except OSError:
+                pass  # not empty (someone's file) or already gone: leave it
             os.close(fd)
 
     def part_files(self) -> list[Path]:
@@ -181,15 +200,6 @@ class ResultStore:
         for part in self.part_files():
             part.unlink()
         fsync_dir(self.parts_dir)
-
-    def remove_parts_dir(self) -> None:
-        """Remove the (empty) parts folder once its rows are all in the final file."""
-        if not self.part_files():
-            (self.parts_dir / ".lock").unlink(missing_ok=True)
-            try:
-                self.parts_dir.rmdir()
-            except OSError:
-                pass
 
 
 def _read_final(path: Path, schema):

@@ -180,3 +180,14 @@ def test_resume_after_sigkill_scores_nothing_twice(tmp_path, engines, clips, loc
     again = run_batch(paths, out, dict(backend="onnxruntime", engines=engines),
                       BatchSettings(workers=1, batch_size=2), log=lambda m: None)
     assert (again.skipped, again.scored, again.rows) == (len(paths) - 1, 1, len(paths))
+
+
+def test_more_workers_than_memory_holds_is_refused(tmp_path, engines, clips, local_ray):
+    out = tmp_path / "res.parquet"
+    res = CliRunner().invoke(batch_main, [str(clips), "--out", str(out), "--backend",
+                                          "onnxruntime", "--engines", str(engines),
+                                          "--worker-memory", "1000"])
+    assert res.exit_code == 1
+    assert "cannot start even one worker: each worker needs 1 CPU, 0 GPU and 1000.0 GB" \
+        in res.stderr and "limited by memory" in res.stderr
+    assert not out.exists() and not ResultStore(out).parts_dir.exists()

@@ -98,8 +98,7 @@ def test_parts_survive_a_torn_tail_and_finalize_is_whole(tmp_path):
         w.close()
         assert len(store.part_files()) == 2
         store.finalize(store.load().table)
-    store.remove_parts_dir()
-    assert not store.parts_dir.exists()
+    assert not store.parts_dir.exists()                         # removed by the lock holder
     table = pq.read_table(out)
     assert table.schema.equals(result_schema())
     assert table.column("path").to_pylist() == ["/a", "/b", "/c"]
@@ -124,6 +123,8 @@ def test_store_refuses_foreign_files_and_a_second_writer(tmp_path):
         with pytest.raises(CoverError, match="another cover-batch run"):
             with ResultStore(tmp_path / "other.parquet").lock():
                 pass
+        assert other.parts_dir.is_dir()          # the refused run leaves the holder's folder
+    assert not other.parts_dir.exists()          # the holder removes it, empty, when done
 
 
 def test_plan_skips_only_unchanged_content(tmp_path):
