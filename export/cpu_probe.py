@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -23,20 +24,15 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-import torch
-
 from cover_engine import __version__
+from cover_engine.runtime.constants import ATTENTION_HEAD_CHUNK
 from cover_engine.runtime.durable import write_atomic
 from cover_engine.runtime.errors import CoverError
-from .clip_vit import ResidualAttentionBlock
 from .config import ModelConfig, resolve_config
-from .graphs import ATTENTION_HEAD_CHUNK, attention_in_head_chunks
-from .graphs import _quiet_loggers as quiet_loggers
 
 __all__ = ["PROBE_VERSION", "TORCH_MARGIN", "cpu_probe_key", "run_cpu_probe", "cpu_backend"]
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 #: torch is picked only when its block is at least this much faster (ONNX Runtime needs no torch
 #: at run time and is the engine-folder path, so a tie goes to it).
 TORCH_MARGIN = 0.95
@@ -61,13 +57,31 @@ def block_shape(cfg: ModelConfig) -> tuple[int, int, int, int]:
     return frames, (h // sem.patch_size) * (w // sem.patch_size) + 1, sem.width, sem.heads
 
 
-def cpu_probe_key(cfg: ModelConfig) -> dict:
-    """Everything the answer depends on: the machine, the libraries, the block's shape."""
-    import onnxruntime as ort
+def _version(*dists: str) -> str:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "absent"
 
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_probe_key(cfg: ModelConfig) -> dict:
+    """Everything the answer depends on: the machine, the libraries, the threads, the block's
+    shape. Read without importing torch or ONNX Runtime (a second each), so that a cached
+    answer costs ``cover-run`` nothing; torch's thread count is what ``OMP_NUM_THREADS`` and
+    the CPUs this process may use make it."""
     return {"probe": PROBE_VERSION, "cover_engine": __version__, "cpu": _cpu_model(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads":
-            torch.get_num_threads(), "onnxruntime": ort.__version__,
+            "cpus": _cpus(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch": _version("torch"),
+            "onnxruntime": _version("onnxruntime", "onnxruntime-gpu"),
             "block": list(block_shape(cfg)), "head_chunk": ATTENTION_HEAD_CHUNK}
 
 
@@ -89,8 +103,12 @@ def _best_times(fns: dict, reps: int) -> dict:
 def run_cpu_probe(cfg: ModelConfig, reps: int = 3) -> dict:
     """Seconds per block in torch and ONNX Runtime (best of ``reps`` interleaved rounds)."""
     import onnxruntime as ort
+    import torch
 
     from cover_engine.runtime.engines.ort_runner import OrtSettings
+    from .clip_vit import ResidualAttentionBlock
+    from .graphs import _quiet_loggers as quiet_loggers
+    from .graphs import attention_in_head_chunks
 
     frames, tokens, width, heads = block_shape(cfg)
     torch.manual_seed(0)
@@ -150,6 +168,6 @@ def cpu_backend(config=None, *, log: Log = print, probe=run_cpu_probe) -> str:
         write_atomic(path, json.dumps(record, indent=1).encode())
     except (OSError, CoverError):
         pass  # a read-only cache: the answer is still right, just measured again next time
-    log(f"cover: one semantic block takes {times['torch_s']:.2f} s in torch, "
-        f"{times['onnxruntime_s']:.2f} s in ONNX Runtime: auto runs {choice} on this CPU")
+    log(f"cover: one semantic block takes {1000 * times['torch_s']:.1f} ms in torch, "
+        f"{1000 * times['onnxruntime_s']:.1f} ms in ONNX Runtime: auto runs {choice} on this CPU")
     return choice

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cover_engine import __version__
-from cover_engine.runtime.constants import BRANCHES
+from cover_engine.runtime.constants import ATTENTION_HEAD_CHUNK, BRANCHES
 from cover_engine.runtime.engines.manifest import BATCH, MODES, TensorSpec
 from cover_engine.runtime.errors import EngineError
 from .config import ModelConfig
@@ -46,10 +46,6 @@ __all__ = ["DEFAULT_OPSET", "EXAMPLE_BATCH", "SemanticGraph", "GatedGraph",
 DEFAULT_OPSET = 18
 #: Batch of the example inputs: torch.export specialises a dimension of size 1, so use 2.
 EXAMPLE_BATCH = 2
-#: fp32 graphs attend this many CLIP heads at a time (``attention_in_head_chunks``): ONNX Runtime's
-#: CPU provider holds the attention scores and their softmax whole, 4.3 GB per layer at official
-#: size with all 16 heads; 4 at a time keeps them at a quarter (BENCHMARKS.md, ONNX Runtime memory).
-ATTENTION_HEAD_CHUNK = 4
 
 
 class SemanticGraph(nn.Module):

@@ -247,3 +247,9 @@ WORKER_MEMORY: dict = {
     "base": 0.75 * 1024 ** 3,
     "per_graph_byte": 3.5,
 }
+
+#: fp32 graphs attend this many CLIP heads at a time (``attention_in_head_chunks``): ONNX Runtime's
+#: CPU provider holds the attention scores and their softmax whole, 4.3 GB per layer at official
+#: size with all 16 heads; 4 at a time keeps them at a quarter (BENCHMARKS.md,
+#: "ONNX Runtime memory"); the CPU probe (``export.cpu_probe``) times attention the same way.
+ATTENTION_HEAD_CHUNK = 4
