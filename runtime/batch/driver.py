@@ -12,6 +12,7 @@ import math
 import re
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 from cover_engine.runtime.batch.resources import (GB, Node, WorkerNeeds, available_memory,
                                                   plan_workers, worker_memory)
 from cover_engine.runtime.batch.store import ResultStore, plan
+from cover_engine.runtime.constants import DEFAULT_COLOUR
 from cover_engine.runtime.errors import CoverError
 
 __all__ = ["BatchSettings", "BatchSummary", "run_batch", "require_ray", "prepare_scorer_kwargs"]
@@ -42,6 +44,7 @@ class BatchSettings:
     fingerprint: str = "sampled"
     retry_errors: bool = False
     tasks_per_worker: int = 2            # batches queued per worker (the at-risk ones on a crash)
+    scorer_class: Optional[type] = None  # what each worker runs: CoverScorer or a subclass of it
 
 
 @dataclass
@@ -240,14 +243,11 @@ def _run_on_ray(ray, todo, store, kw, memory, source, settings, summary, progres
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    blocks = math.ceil(len(todo) / settings.batch_size)
-    ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
-    results = ds.map_batches(
-        CoverScorer, fn_constructor_kwargs=kw, batch_size=settings.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers,
-                                           max_tasks_in_flight_per_actor=settings.tasks_per_worker),
-        num_cpus=cpus, num_gpus=gpus or None, memory=memory)
+    # A worker process that dies (a decoder crash on a hostile file, the kernel's OOM killer)
+    # fails the batches it held; by default Ray Data would retry them forever on new actors.
+    # Here the actor is replaced, its batches are left out, and their files are scored again
+    # one at a time below, so the one file to blame becomes an error row and the rest score.
+    ctx.max_errored_blocks = -1
 
     bar = None
     if progress:
@@ -256,25 +256,76 @@ def _run_on_ray(ray, todo, store, kw, memory, source, settings, summary, progres
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), unit="file", file=sys.stderr, dynamic_ncols=True)
-    writer = store.writer()
+    stream = _Stream(ray, kw, memory, cpus, gpus, store.writer(), summary, bar,
+                     settings.scorer_class or CoverScorer)
     try:
-        for table in results.iter_batches(batch_size=None, batch_format="pyarrow",
-                                          prefetch_batches=0):
-            writer.write(table)
-            failed = table.num_rows - table.column("error").null_count
-            summary.scored += table.num_rows - failed
-            summary.failed += failed
-            if bar is not None:
-                bar.update(table.num_rows)
-                bar.set_postfix(failed=summary.failed, refresh=False)
-    except KeyboardInterrupt:
-        summary.interrupted = True
+        stream.run(todo, settings.batch_size, workers, settings.tasks_per_worker)
+        lost = [p for p in todo if p not in stream.seen]
+        if lost and not summary.interrupted:
+            log(f"cover-batch: a worker died while scoring a batch; scoring its {len(lost)} "
+                "file(s) again, one at a time")
+            stream.run(lost, 1, min(workers, len(lost)), 1)
+            stream.write_died([p for p in lost if p not in stream.seen])
     except CoverError:
         raise
     except Exception as exc:  # Ray's wrapped worker failures: one line, rows kept
         raise CoverError(f"the workers failed: {_cause(exc)} (the {summary.scored + summary.failed} "
                          f"rows written so far are kept in {store.parts_dir})") from None
     finally:
-        writer.close()
+        stream.writer.close()
         if bar is not None:
             bar.close()
+
+
+#: The cause recorded for a file whose worker process died while scoring it alone.
+WORKER_DIED = ("the worker process died while scoring this file (a crash in decoding or "
+               "inference, or out of memory)")
+
+
+class _Stream:
+    """One pass of Ray Data over some paths: rows made durable as they arrive, paths seen."""
+
+    def __init__(self, ray, kw, memory, cpus, gpus, writer, summary, bar, scorer_class):
+        self.ray, self.kw, self.memory, self.cpus, self.gpus = ray, kw, memory, cpus, gpus
+        self.writer, self.summary, self.bar = writer, summary, bar
+        self.scorer_class = scorer_class
+        self.seen: set[str] = set()
+
+    def run(self, paths: list[str], batch_size: int, workers: int, tasks_per_worker: int) -> None:
+        ray = self.ray
+        blocks = math.ceil(len(paths) / batch_size)
+        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+        with warnings.catch_warnings():  # Ray 2.60 names no parameter for these two yet
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            results = ds.map_batches(
+                self.scorer_class, fn_constructor_kwargs=self.kw, batch_size=batch_size,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(
+                    size=workers, max_tasks_in_flight_per_actor=tasks_per_worker),
+                num_cpus=self.cpus, num_gpus=self.gpus or None, memory=self.memory,
+                max_restarts=-1, max_task_retries=0)  # new actors; failed batches not retried
+        try:
+            for table in results.iter_batches(batch_size=None, batch_format="pyarrow",
+                                              prefetch_batches=0):
+                self.add(table)
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+
+    def add(self, table) -> None:
+        self.writer.write(table)
+        self.seen.update(table.column("path").to_pylist())
+        failed = table.num_rows - table.column("error").null_count
+        self.summary.scored += table.num_rows - failed
+        self.summary.failed += failed
+        if self.bar is not None:
+            self.bar.update(table.num_rows)
+            self.bar.set_postfix(failed=self.summary.failed, refresh=False)
+
+    def write_died(self, paths: list[str]) -> None:
+        if paths:
+            from cover_engine.runtime.batch.schema import rows_to_table
+
+            self.add(rows_to_table(
+                {"path": p, "backend": str(self.kw.get("backend", "auto")),
+                 "colour": str(self.kw.get("colour", DEFAULT_COLOUR)), "seconds": 0.0,
+                 "error": f"{p}: {WORKER_DIED}"} for p in paths))

@@ -60,7 +60,8 @@ class CoverScorer:
     Keyword arguments are those of ``cover_engine.runtime.scoring.make_scorer`` (backend, engines,
     weights, clip_weights, config, device, precision, torch_mode, seed, clips, random_weights,
     head, colour), plus
-    ``threads`` (default: the CPUs Ray reserved for this actor) and ``fingerprint``
+    ``threads`` (default: the CPUs Ray reserved for this actor; ONNX Runtime's and the video
+    decoder's threads in this process) and ``fingerprint``
     (``sampled`` or ``full``, see ``fingerprint.py``). On a cluster, every path and file named
     here must exist on every worker node.
     """
@@ -70,15 +71,18 @@ class CoverScorer:
                  torch_mode: str = "eager", seed: Optional[int] = None, clips: int = 1,
                  random_weights: bool = False, head=None, colour: str = DEFAULT_COLOUR,
                  threads: Optional[int] = None, fingerprint: str = "sampled", quiet: bool = True):
+        from cover_engine.runtime.media.decode import set_decoder_threads
         from cover_engine.runtime.scoring import make_scorer
 
+        threads = threads or _assigned_cpus()
+        set_decoder_threads(threads)  # the actor owns its process: decode on its own cores
         self.fingerprint_kind = fingerprint
         self.colour = colour
         self.scorer = make_scorer(
             backend, engines=engines, weights=weights, clip_weights=clip_weights, device=device,
             precision=precision, torch_mode=torch_mode, seed=seed, clips=clips, config=config,
             random_weights=random_weights, head=head, colour=colour,
-            threads=threads or _assigned_cpus(),
+            threads=threads,
             log=(lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr)))
         self.backend = self.scorer.name
 

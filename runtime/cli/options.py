@@ -46,7 +46,8 @@ __all__ = ["weight_options", "scoring_options", "scorer_options", "colour_option
            "calibration_option", "percentile_option", "timeline_options", "BACKEND_CHOICES",
            "CheckedPath", "Device"]
 
-#: ``--backend`` values; auto = TensorRT if usable, else ONNX Runtime.
+#: ``--backend`` values; auto = TensorRT if usable, else the faster of ONNX Runtime and torch
+#: on a CPU (``scoring.auto_backend``).
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 
 Decorator = Callable[[Callable], Callable]
@@ -163,7 +164,8 @@ scoring_options: Decorator = _group(
     _checked(_check_scoring),
     click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto",
                  show_default=True,
-                 help="Inference backend; auto = TensorRT if usable, else ONNX Runtime."),
+                 help="Inference backend; auto = TensorRT if usable, else ONNX Runtime, or on a "
+                      "CPU without --engines torch where a one-time probe finds it faster."),
     click.option("--engines", type=CheckedPath(file_okay=False, path_type=Path),
                  help="Folder written by cover-export (default: a cached export of the weights)."),
     click.option("--device", type=Device(), default="cpu", show_default=True,

@@ -75,6 +75,23 @@ _AV_FIELD_PROGRESSIVE = 1
 #: and an image name is that one image, never a pattern of several.
 LOCAL_ONLY = {"protocol_whitelist": "file", "pattern_type": "none"}
 
+#: Decoder threads for every file this process opens; None leaves FFmpeg's own choice (frame
+#: threads, one per core and one more). Set with :func:`set_decoder_threads`.
+_decoder_threads: Optional[int] = None
+
+
+def set_decoder_threads(threads: Optional[int]) -> None:
+    """Decode with at most ``threads`` threads in this process (None: FFmpeg's choice).
+
+    Like ``torch.set_num_threads``, a per-process choice: a ``cover-batch`` worker that owns
+    one core decodes with one thread, since frame threads of two such workers on two cores
+    cost each about 8% of its time (BENCHMARKS.md, "cover-batch against cover-run"). The
+    frames are the same with any number of threads."""
+    global _decoder_threads
+    if threads is not None and threads < 1:
+        raise ValueError("decoder threads must be at least 1")
+    _decoder_threads = threads
+
 
 @dataclass(frozen=True)
 class MediaInfo:
@@ -212,6 +229,8 @@ def _open(path) -> Iterator[tuple[av.container.InputContainer, av.video.stream.V
         if stream.codec_context is None:
             raise InputError(f"{path}: unsupported video codec (FFmpeg has no decoder for it)")
         stream.thread_type = "AUTO"
+        if _decoder_threads is not None:
+            stream.thread_count = _decoder_threads
         yield container, stream
 
 

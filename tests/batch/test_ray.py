@@ -191,3 +191,44 @@ def test_more_workers_than_memory_holds_is_refused(tmp_path, engines, clips, loc
     assert "cannot start even one worker: each worker needs 1 CPU, 0 GPU and 1000.0 GB" \
         in res.stderr and "limited by memory" in res.stderr
     assert not out.exists() and not ResultStore(out).parts_dir.exists()
+
+
+class CrashingScorer(CoverScorer):
+    """Kills its own process on a file named ``crash*`` (what a decoder crash does)."""
+
+    def score_one(self, path):
+        if Path(path).name.startswith("crash"):
+            os._exit(1)
+        return super().score_one(path)
+
+
+def _fail_after(seconds: int):
+    def handler(signum, frame):
+        raise TimeoutError(f"cover-batch still running after {seconds} s")
+    signal.signal(signal.SIGALRM, handler)
+    signal.alarm(seconds)
+
+
+def test_a_worker_that_dies_costs_one_error_row_not_a_hang(tmp_path, engines, clips, local_ray):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    good = sorted(str(p) for p in clips.glob("*.mp4"))
+    crash = tmp_path / "crash.mp4"
+    shutil.copy(good[0], crash)
+    out, notes = tmp_path / "res.parquet", []
+    _fail_after(300)  # Ray Data's default retries a dead worker's batch forever
+    try:
+        summary = run_batch(good + [str(crash)], out, {"engines": str(engines)},
+                            BatchSettings(workers=2, batch_size=3, scorer_class=CrashingScorer),
+                            log=notes.append)
+    finally:
+        signal.alarm(0)
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    rows = {r["path"]: r for r in pq.read_table(out).to_pylist()}
+    assert sorted(rows) == sorted(good + [str(crash)])  # one row each, none twice
+    assert rows[str(crash)]["error"] == f"{crash}: the worker process died while scoring this " \
+        "file (a crash in decoding or inference, or out of memory)"
+    assert all(rows[p]["error"] is None for p in good)  # its batch-mates scored again, alone
+    assert (summary.scored, summary.failed) == (len(good), 1)
+    assert any("scoring its" in n and "one at a time" in n for n in notes)

@@ -548,3 +548,24 @@ def test_corrupt_middle_gives_views_or_a_clear_error(tmp_path):
         assert str(tmp_path / "bad.mp4") in str(exc)
     else:
         assert all(np.isfinite(v).all() for v in views.values()) and info.num_frames >= 1
+
+
+def test_decoder_threads_change_the_threads_not_the_frames(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "t.mp4", [textured(96, 64, t) for t in range(24)])
+    wanted = range(0, 24, 5)
+    default = [f.to_rgb() for _, f in iter_frames(path, wanted)]
+    seen = []
+    real_open = decode._open
+
+    def spying_open(p):
+        with real_open(p) as (container, stream):
+            seen.append(stream.thread_count)
+            yield container, stream
+    monkeypatch.setattr(decode, "_open", decode.contextmanager(spying_open))
+    monkeypatch.setattr(decode, "_decoder_threads", None)  # restored after the test
+    decode.set_decoder_threads(1)
+    one = [f.to_rgb() for _, f in iter_frames(path, wanted)]
+    assert seen and set(seen) == {1}
+    assert len(one) == len(default) and all(np.array_equal(a, b) for a, b in zip(one, default))
+    with pytest.raises(ValueError):
+        decode.set_decoder_threads(0)
