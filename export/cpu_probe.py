@@ -1,7 +1,7 @@
 """Which backend ``auto`` runs on a CPU: torch or ONNX Runtime, decided by measuring both here.
 
 Neither is the faster one everywhere: at official size ONNX Runtime took 0.56x torch's time per
-clip on one 2-vCPU machine and 1.26x on another (BENCHMARKS.md, "Which backend auto picks on a
+clip on one 2-vCPU machine and 1.08x on another (BENCHMARKS.md, "Which backend auto picks on a
 CPU"). The semantic branch is more than 90% of a clip at official size, so the probe times one
 of its transformer blocks at
 the model's real shapes, in torch and as the fp32 export would run it in ONNX Runtime (head

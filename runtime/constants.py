@@ -238,7 +238,7 @@ TRAIN_MIN_VAL_VIDEOS = 3
 TRAIN_SAMPLE_SEED = 0
 #: Peak host memory of one ``cover-batch`` worker, in bytes (``runtime.batch.resources``).
 #: "official": the peak resident size of one Ray worker scoring a 1080p clip at official size on
-#: a CPU, measured (BENCHMARKS.md, "Memory per worker": 6.10 GiB with ONNX Runtime, 3.66 GiB
+#: a CPU, measured (BENCHMARKS.md, "Memory per worker": 6.05 GiB with ONNX Runtime, 3.61 GiB
 #: with torch), rounded up; other cases are estimated as
 #: ``base + per_graph_byte * (size of the exported graphs or weights)``, the factor calibrated on
 #: that official ONNX Runtime worker (0.75 GiB + 3.5 x its 1.62 GB of graphs = 6.0 GiB).

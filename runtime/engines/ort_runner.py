@@ -90,8 +90,10 @@ class OrtSettings:
     """ONNX Runtime session choices that trade host memory against speed.
 
     The field defaults are ONNX Runtime's own. :meth:`lean` keeps the official model's peak
-    host memory under 6 GiB at unchanged speed (BENCHMARKS.md, "ONNX Runtime memory": 5.9 GiB
-    and 162 s of CPU time per 1080p clip, against 15.0 GiB and 157-162 s):
+    host memory under 6 GiB at nearly the same speed (BENCHMARKS.md, "ONNX Runtime memory":
+    5.84 GiB and 209 s of CPU time per 1080p clip, against 9.46 GiB and 203 s). Why each
+    setting (the figures in these points are from the exploratory ``bench.ort_memory`` runs
+    that chose them, not recorded in BENCHMARKS.md):
 
     * ``fold_constants=False``: the export already folds what stays small; ONNX Runtime's
       folding would also broadcast the Swin's per-window biases into 1.7 GB of new weights

@@ -72,3 +72,20 @@ def test_auto_backend_asks_only_for_auto_on_a_cpu_without_engines(monkeypatch, t
     assert scoring.auto_backend("onnxruntime") == "onnxruntime"          # asked for by name
     monkeypatch.setattr(cpu_probe, "cpu_backend", lambda config=None, log=print: "onnxruntime")
     assert scoring.auto_backend("auto") == "auto"
+
+
+def test_a_cached_answer_needs_neither_torch_nor_onnxruntime(home):
+    """Every cover-run and cover-batch start reads the cache: importing torch for it costs a
+    second."""
+    import os
+    import subprocess
+    import sys
+
+    cpu_probe.cpu_backend(None, log=lambda m: None, probe=_fake(1.0, 2.0, []))
+    code = ("import sys; from cover_engine.export.cpu_probe import cpu_backend; "
+            "assert cpu_backend(None, log=print, probe=None) == 'torch'; "
+            "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "COVER_HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
