@@ -44,6 +44,17 @@ class CalibrationError(CoverError):
     """A calibration cannot be fitted, read, or applied to these scores."""
 
 
+def refuse_other_model(own: ModelIdentity, scores: ModelIdentity, source: str, what: str,
+                       remedy: str) -> None:
+    """Raise :class:`CalibrationError` when ``scores`` come from another model than ``own``
+    (a calibration's or a reference distribution's), saying what differs and ``remedy``."""
+    problem = own.mismatch(scores)
+    if problem:
+        where = f"{source}: " if source else ""
+        raise CalibrationError(f"{where}{what} {problem.replace(' vs ', ', not ')}; these "
+                               f"scores come from another model. {remedy}")
+
+
 @dataclass(frozen=True)
 class TargetFit:
     """The logistic of one target (``overall`` or a branch) and how well it fits its set."""
@@ -120,14 +131,9 @@ class Calibration:
 
     def check(self, identity: ModelIdentity, *, source: str = "") -> None:
         """Refuse scores of another model (:class:`CalibrationError` naming what differs)."""
-        problem = self.identity.mismatch(identity)
-        if problem:
-            where = f"{source}: " if source else ""
-            raise CalibrationError(
-                f"{where}calibration {self.name!r} was fitted for "
-                f"{problem.replace(' vs ', ', not ')}"
-                "; these scores come from another model. Fit one for this model with "
-                "`cover-eval --fit-calibration`")
+        refuse_other_model(self.identity, identity, source,
+                           f"calibration {self.name!r} was fitted for",
+                           "Fit one for this model with `cover-eval --fit-calibration`")
 
     def sampling_notes(self, *, seed: Optional[int], clips: int,
                        colour: Optional[str] = None) -> list[str]:

@@ -16,7 +16,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from cover_engine.runtime.constants import BRANCHES, MIN_REFERENCE_VIDEOS
-from cover_engine.runtime.eval.calibration import CalibrationError, read_json, write_json_atomic
+from cover_engine.runtime.eval.calibration import (CalibrationError, read_json, refuse_other_model,
+                                                  write_json_atomic)
 from cover_engine.runtime.eval.calibration_schema import MODEL_WEIGHTS, SAMPLING, check_document
 from cover_engine.runtime.model_identity import ModelIdentity
 
@@ -61,13 +62,9 @@ class ReferenceDistribution:
 
     def check(self, identity: ModelIdentity, *, source: str = "") -> None:
         """Refuse scores of another model (:class:`CalibrationError` naming what differs)."""
-        problem = self.identity.mismatch(identity)
-        if problem:
-            where = f"{source}: " if source else ""
-            raise CalibrationError(
-                f"{where}reference distribution {self.name!r} holds scores of "
-                f"{problem.replace(' vs ', ', not ')}; these scores come from another model. "
-                "Make one for this model with `cover-eval --reference-distribution`")
+        refuse_other_model(self.identity, identity, source,
+                           f"reference distribution {self.name!r} holds scores of",
+                           "Make one for this model with `cover-eval --reference-distribution`")
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA_ID, "schema_version": SCHEMA_VERSION, "name": self.name,

@@ -69,6 +69,22 @@ def views(batch: int = 1) -> tuple[torch.Tensor, ...]:
 # ----------------------------------------------------------------------------- official names
 
 @pytest.mark.vectors
+def visual_modules(clip: dict) -> "torch.nn.Module":
+    """A module tree holding the ``visual.*`` tensors of ``clip`` under OpenAI's names (what a
+    TorchScript CLIP archive's state dict has)."""
+    visual = torch.nn.Module()
+    for key, t in clip.items():
+        if key.startswith(CLIP_PREFIX):
+            *parts, leaf = key[len(CLIP_PREFIX):].split(".")
+            mod = visual
+            for part in parts:
+                if not hasattr(mod, part):
+                    mod.add_module(part, torch.nn.Module())
+                mod = getattr(mod, part)
+            mod.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
+    return visual
+
+
 def test_official_model_needs_exactly_the_published_tensors(vectors_dir):
     keys = vectors_dir / "keys"
     cover = {k: tuple(v) for k, v in json.loads((keys / "cover_pth_keys.json").read_text()).items()
@@ -120,16 +136,7 @@ def test_bare_state_dict_and_jit_archive_are_accepted(small_files, tmp_path):
     class Holder(torch.nn.Module):  # a TorchScript archive whose state dict has OpenAI's names
         def __init__(self):
             super().__init__()
-            self.visual = torch.nn.Module()
-            for key, t in clip.items():
-                if key.startswith(CLIP_PREFIX):
-                    *path, leaf = key[len(CLIP_PREFIX):].split(".")
-                    mod = self.visual
-                    for part in path:
-                        if not hasattr(mod, part):
-                            mod.add_module(part, torch.nn.Module())
-                        mod = getattr(mod, part)
-                    mod.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
+            self.visual = visual_modules(clip)
 
         def forward(self, x):
             return x
@@ -217,16 +224,7 @@ def _script_archive(clip: dict, target, path):
         def __init__(self):
             super().__init__()
             self.payload = _scripted_payload()(str(target))
-            self.visual = torch.nn.Module()
-            for key, t in clip.items():
-                if key.startswith(CLIP_PREFIX):
-                    *parts, leaf = key[len(CLIP_PREFIX):].split(".")
-                    mod = self.visual
-                    for part in parts:
-                        if not hasattr(mod, part):
-                            mod.add_module(part, torch.nn.Module())
-                        mod = getattr(mod, part)
-                    mod.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
+            self.visual = visual_modules(clip)
 
         def forward(self, x):
             return x
