@@ -107,12 +107,18 @@ class Metrics:
         }
 
 
-def compute_metrics(pred, mos, *, maxfev: int = MAX_FIT_EVALUATIONS) -> Metrics:
-    """SROCC, KROCC on raw ``pred``; PLCC, RMSE after the logistic fit. Never raises on bad data."""
+def _paired(pred, mos) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and MOS as flat float64 arrays of one length."""
     pred = np.asarray(pred, dtype=np.float64).ravel()
     mos = np.asarray(mos, dtype=np.float64).ravel()
     if pred.shape != mos.shape:
         raise ValueError(f"{pred.size} predictions for {mos.size} MOS values")
+    return pred, mos
+
+
+def compute_metrics(pred, mos, *, maxfev: int = MAX_FIT_EVALUATIONS) -> Metrics:
+    """SROCC, KROCC on raw ``pred``; PLCC, RMSE after the logistic fit. Never raises on bad data."""
+    pred, mos = _paired(pred, mos)
     nan = float("nan")
     n = int(pred.size)
     bad = int(np.sum(~np.isfinite(pred)) + np.sum(~np.isfinite(mos)))
@@ -140,10 +146,7 @@ def linear_metrics(pred, mos) -> Metrics:
     the logistic fit of :func:`compute_metrics` (upstream's ``evaluate_one_dataset.py``). A
     constant or non-finite input gives NaN (which never counts as an improvement).
     """
-    pred = np.asarray(pred, dtype=np.float64).ravel()
-    mos = np.asarray(mos, dtype=np.float64).ravel()
-    if pred.shape != mos.shape:
-        raise ValueError(f"{pred.size} predictions for {mos.size} MOS values")
+    pred, mos = _paired(pred, mos)
     nan = float("nan")
     n = int(pred.size)
     if n < 2 or not (np.all(np.isfinite(pred)) and np.all(np.isfinite(mos))) \
