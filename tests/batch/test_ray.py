@@ -232,3 +232,64 @@ def test_a_worker_that_dies_costs_one_error_row_not_a_hang(tmp_path, engines, cl
     assert all(rows[p]["error"] is None for p in good)  # its batch-mates scored again, alone
     assert (summary.scored, summary.failed) == (len(good), 1)
     assert any("scoring its" in n and "one at a time" in n for n in notes)
+
+
+_STOP_SCRIPT = """
+import json, os, ray
+from cover_engine.runtime.batch.driver import _connect, stop_local_ray
+assert _connect(ray, None, print)   # started here
+node = ray._private.worker._global_node
+pids = {kind: [i.process.pid for i in infos] for kind, infos in node.all_processes.items()}
+stop_local_ray(ray)
+print(json.dumps({"pids": pids, "initialized": ray.is_initialized()}))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_stopping_the_local_ray_stops_its_monitor_and_every_other_process():
+    res = subprocess.run([sys.executable, "-c", _STOP_SCRIPT], capture_output=True, text=True,
+                         timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["initialized"] is False
+    assert report["pids"].get("monitor"), "Ray no longer lists its monitor where we look"
+    left = [(kind, pid) for kind, pids in report["pids"].items() for pid in pids if _alive(pid)]
+    assert not left
+
+
+def test_the_monitor_is_killed_before_ray_shuts_down():
+    calls = []
+
+    class Process:
+        def kill(self):
+            calls.append("kill monitor")
+
+    class Info:
+        process = Process()
+
+    class Ray:  # the shape of the ray module that stop_local_ray reads
+        class _private:
+            class worker:
+                class _global_node:
+                    all_processes = {"monitor": [Info()], "raylet": []}
+
+        @staticmethod
+        def shutdown():
+            calls.append("shutdown")
+
+    from cover_engine.runtime.batch.driver import stop_local_ray
+
+    stop_local_ray(Ray)
+    assert calls == ["kill monitor", "shutdown"]
+    Ray._private.worker._global_node = None  # a Ray that keeps no such record: just shutdown
+    calls.clear()
+    stop_local_ray(Ray)
+    assert calls == ["shutdown"]
