@@ -6,7 +6,9 @@
 Generates (once, in ``--folder``) ``--files`` synthetic clips, then times, in each round and in
 this order: ``cover-run`` over the folder; ``cover-batch`` starting its own local Ray; and, with
 ``--running-ray``, ``cover-batch --address auto`` joining a Ray started just before it with
-``ray start --head`` (and stopped after it, so no Ray runs during the other rows). Every command
+``ray start --head`` (and stopped after it, so no Ray runs during the other rows); and, with
+``--ray-floor``, ``bench.ray_floor``: the same local Ray and Ray Data pipeline with workers that
+score nothing, the least ``cover-batch`` can take here. Every command
 scores the same files with the same random-weight model; the cached export and the CPU probe
 are made before the first round, so no row pays for them. Wall time of each whole command.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,8 +58,10 @@ def _ray(*args: str) -> None:
               help="Model config JSON (a small one: the commands use --random-weights).")
 @click.option("--running-ray/--no-running-ray", default=True, show_default=True,
               help="Also time cover-batch joining a running local Ray (--address auto).")
+@click.option("--ray-floor/--no-ray-floor", default=True, show_default=True,
+              help="Also time Ray Data over the same paths with no-op workers (bench.ray_floor).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
-def main(folder, files, size, seconds, rounds, config, running_ray, json_path):
+def main(folder, files, size, seconds, rounds, config, running_ray, ray_floor, json_path):
     """Wall time of cover-run and cover-batch over the same generated clips."""
     width, height = (int(v) for v in size.lower().split("x"))
     folder = folder or Path(tempfile.mkdtemp(prefix="cover-batch-vs-run-"))
@@ -74,13 +79,17 @@ def main(folder, files, size, seconds, rounds, config, running_ray, json_path):
     rows = {"cover-run": run, "cover-batch": batch}
     if running_ray:
         rows["cover-batch --address auto"] = batch + ["--address", "auto"]
+    if ray_floor:
+        rows["Ray Data, no-op workers"] = [sys.executable, "-m", "cover_engine.bench.ray_floor",
+                                           str(clips), "--workers", str(min(os.cpu_count() or 1,
+                                                                            -(-files // 4)))]
     times: dict[str, list[float]] = {name: [] for name in rows}
     for r in range(rounds):
         click.echo(f"round {r + 1}: {time.strftime('%H:%M:%S', time.gmtime())} UTC, "
                    f"load {os.getloadavg()[0]:.2f}")
         for name, cmd in rows.items():
-            for leftover in (out, out.with_name(out.name + ".parts")):
-                subprocess.run(["rm", "-rf", str(leftover)], check=True)
+            for leftover in (out, out.with_name(out.name + ".parts")) if "--out" in cmd else ():
+                subprocess.run(["rm", "-rf", str(leftover)], check=True)  # score all, resume none
             joined = "--address" in cmd
             if joined:
                 _ray("start", "--head", "--num-cpus", str(os.cpu_count() or 1),
@@ -94,9 +103,11 @@ def main(folder, files, size, seconds, rounds, config, running_ray, json_path):
                 raise click.ClickException(f"{name} failed ({code}): {tail}")
             times[name].append(seconds_taken)
             click.echo(f"  {name:28s} {seconds_taken:7.2f} s")
-    base = min(times["cover-run"])
-    click.echo("best of the rounds: " + ", ".join(
-        f"{name} {min(t):.2f} s ({base / min(t):.2f}x cover-run)" for name, t in times.items()))
+    for label, pick in (("best", min), ("median", statistics.median)):
+        base = pick(times["cover-run"])
+        click.echo(f"{label} of the rounds: " + ", ".join(
+            f"{name} {pick(t):.2f} s ({base / pick(t):.2f}x cover-run)"
+            for name, t in times.items()))
     if json_path:
         json_path.write_text(json.dumps({
             "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -24,7 +24,8 @@ from cover_engine.runtime.batch.store import ResultStore, plan
 from cover_engine.runtime.constants import DEFAULT_COLOUR
 from cover_engine.runtime.errors import CoverError
 
-__all__ = ["BatchSettings", "BatchSummary", "run_batch", "require_ray", "prepare_scorer_kwargs"]
+__all__ = ["BatchSettings", "BatchSummary", "run_batch", "require_ray", "prepare_scorer_kwargs",
+           "connect_ray", "stop_local_ray"]
 
 Log = Callable[[str], None]
 
@@ -110,7 +111,7 @@ def prepare_scorer_kwargs(scorer: dict[str, Any], log: Log,
     return kw, memory, source
 
 
-def _connect(ray, address: Optional[str], log: Log) -> bool:
+def connect_ray(ray, address: Optional[str], log: Log) -> bool:
     """Join ``address`` or start a local Ray; True when this run started it (and stops it)."""
     if ray.is_initialized():
         return False
@@ -224,7 +225,7 @@ def _score(todo: list[str], store: ResultStore, scorer: dict[str, Any], settings
     if settings.worker_memory:
         memory, source = settings.worker_memory, "--worker-memory"
     ray = require_ray()
-    started_here = _connect(ray, settings.address, log)
+    started_here = connect_ray(ray, settings.address, log)
     try:
         _run_on_ray(ray, todo, store, kw, memory, source, settings, summary, progress,
                     local=started_here, log=log)

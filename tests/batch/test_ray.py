@@ -236,8 +236,8 @@ def test_a_worker_that_dies_costs_one_error_row_not_a_hang(tmp_path, engines, cl
 
 _STOP_SCRIPT = """
 import json, os, ray
-from cover_engine.runtime.batch.driver import _connect, stop_local_ray
-assert _connect(ray, None, print)   # started here
+from cover_engine.runtime.batch.driver import connect_ray, stop_local_ray
+assert connect_ray(ray, None, print)   # started here
 node = ray._private.worker._global_node
 pids = {kind: [i.process.pid for i in infos] for kind, infos in node.all_processes.items()}
 stop_local_ray(ray)
