@@ -8,9 +8,10 @@ this order: ``cover-run`` over the folder; ``cover-batch`` starting its own loca
 ``--running-ray``, ``cover-batch --address auto`` joining a Ray started just before it with
 ``ray start --head`` (and stopped after it, so no Ray runs during the other rows); and, with
 ``--ray-floor``, ``bench.ray_floor``: the same local Ray and Ray Data pipeline with workers that
-score nothing, the least ``cover-batch`` can take here. Every command
-scores the same files with the same random-weight model; the cached export and the CPU probe
-are made before the first round, so no row pays for them. Wall time of each whole command.
+score nothing, the least ``cover-batch`` can take here. Every row reads the same files, the
+scoring ones with the same random-weight model; the cached export and the CPU probe are made
+before the first round, so no row pays for them. Wall time of each whole command; the best and
+the median of the rounds.
 """
 from __future__ import annotations
 
