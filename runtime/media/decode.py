@@ -20,7 +20,10 @@ Choices, and why:
 * **Frame count**: the container's (``nb_frames``), else packets counted by demuxing (no
   decoding). If decoding then ends before a needed frame (a header that lies, a truncated or
   partly corrupt file), :class:`ShortVideoError` says how many frames decoded and the caller
-  samples again (``views.load_views`` does). Packets that fail to decode are skipped.
+  samples again (``views.load_views`` does). Packets that fail to decode are skipped. One
+  exception, in the ``"decord"`` colour mode: packets an MP4 edit list drops (flagged discard,
+  typically the last one) are frames to decord, which counts packets, and an index that falls
+  on one gives the frame read before it, as upstream read it (:func:`_discarded_packets`).
 * **Colour** (``colour``, :data:`~.constants.COLOUR_MODES`): planar YUV (8 to 16 bits,
   4:2:0/4:2:2/4:4:4/...) is converted by ``colour.py`` with the matrix and range the frame
   signals (BT.601 limited when it signals none; ``yuvj`` is full range). ``"decord"`` (default)
@@ -454,23 +457,49 @@ def _seeking(container, stream, index: FrameIndex, wanted: Sequence[int],
             raise _Doubt  # the stream ended first; let the sequential path say how
 
 
-def _sequential(path, container, stream,
-                wanted: Sequence[int]) -> Iterator[tuple[int, av.VideoFrame, tuple[int, int]]]:
+def _sequential(path, container, stream, wanted: Sequence[int], *, decord_tail: bool = False
+                ) -> Iterator[tuple[int, av.VideoFrame, tuple[int, int]]]:
     """``(i, frame, first frame's size)`` for each wanted frame, decoding every frame from the
-    start; raises :class:`ShortVideoError` when the file ends first."""
+    start; raises :class:`ShortVideoError` when the file ends first, except, with
+    ``decord_tail``, for the indices of packets the file's edit list drops (see
+    :func:`_discarded_packets`)."""
     need, count, size = iter(wanted), 0, None
-    target = next(need)
+    target, last = next(need), None
     for frame in _decoded(container, stream):
         size = size or (frame.width, frame.height)
         if count == target:
             yield count, frame, size
+            last = frame
             target = next(need, None)
             if target is None:
                 return
         count += 1
     if count == 0:
         raise InputError(f"{path}: no decodable video frames")
+    rest = [target, *need]
+    if decord_tail and last is not None and rest[-1] < count + _discarded_packets(path):
+        for index in rest:  # decord: each such index repeats the frame read before it
+            yield index, last, size
+        return
     raise ShortVideoError(path, count, target)
+
+
+def _discarded_packets(path) -> int:
+    """Packets of the first video stream flagged discard: those an MP4 edit list leaves out.
+
+    decord numbers them as frames (its count is the stream's packets) though they decode to
+    nothing; upstream's samples can fall on them (2 of its 3 demo videos end with one). Read
+    in increasing order on one reader, as upstream reads, such an index gives again the frame
+    read just before it (measured with eva-decord on those videos and on clips whose edit list
+    drops 1 or 2 packets). Read first, it gives some earlier frame, by a rule not modelled here:
+    COVER's samples always include a frame that decodes, so that case stays a
+    :class:`ShortVideoError`.
+    """
+    with _open(path) as (container, stream):
+        try:
+            return sum(1 for p in container.demux(stream) if p.size and p.is_discard)
+        except av.error.FFmpegError:
+            return 0
 
 
 def _plan(path, wanted: Sequence[int]) -> Optional[tuple[FrameIndex, list]]:
@@ -522,7 +551,8 @@ def iter_frames(path, indices: Iterable[int], *, rotate: Optional[bool] = None,
             except _Doubt:
                 wanted = [i for i in wanted if i > done]
     with _open(path) as (container, stream):
-        for i, frame, size in _sequential(path, container, stream, wanted):
+        for i, frame, size in _sequential(path, container, stream, wanted,
+                                          decord_tail=colour == "decord"):
             yield i, _picture(frame, size, rotate, colour)
 
 

@@ -17,7 +17,7 @@ from cover_engine.runtime.media.decode import (Frame, ShortVideoError, frame_ind
 from cover_engine.runtime.errors import InputError
 from cover_engine.runtime.views.assemble import build_views, load_views, normalise
 
-from helpers.media import (flat, noisy_mp4, frame_number, has_encoder, pattern, remux, textured, write_audio,
+from helpers.media import (drop_by_edit_list, flat, noisy_mp4, frame_number, has_encoder, pattern, remux, textured, write_audio,
                    write_image, write_video)
 
 SMALL = {"semantic": replace(OFFICIAL_VIEWS["semantic"], clip_len=4, t_frag=4, size_h=28,
@@ -534,6 +534,28 @@ def test_truncated_files(tmp_path):
     views, fixed = load_views(cut, SMALL)  # samples again from what decodes
     assert fixed.num_frames == decoded and fixed.counted
     assert views["technical"].shape == (1, 3, 8, 64, 64)
+
+
+def test_frames_an_edit_list_drops_repeat_the_frame_read_before_them_as_decord_does(tmp_path):
+    # 20 frames: a length whose samples include the last frame (so do 3, 21, 22, 41, 60, ...)
+    clip = write_video(tmp_path / "full.mp4", [textured(96, 128, t) for t in range(20)],
+                       options={"bf": "2", "crf": "20"}, rate=30)
+    cut = drop_by_edit_list(clip, tmp_path / "cut.mp4", frames=2, rate=30)
+    with av.open(str(cut)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 18
+    info = probe(cut)
+    assert info.num_frames == 20 and not info.counted  # decord's count: every packet
+    full = dict(read_frames(cut, range(18)))
+    got = dict(read_frames(cut, [3, 12, 18, 19]))      # 18 and 19 fall on dropped packets
+    assert np.array_equal(got[12], full[12])
+    assert np.array_equal(got[18], full[12]) and np.array_equal(got[19], full[12])
+    with pytest.raises(ShortVideoError):   # read first: decord's answer is not modelled
+        list(read_frames(cut, [19]))
+    with pytest.raises(ShortVideoError):   # the exact mode reads what the file shows
+        list(read_frames(cut, [3, 19], colour="exact"))
+    views, sampled = load_views(cut, dict(OFFICIAL_VIEWS))  # its samples reach frame 19...
+    assert sampled.num_frames == 20 and not sampled.counted  # ...and are not drawn again
+    assert all(np.isfinite(v).all() for v in views.values())
 
 
 def test_corrupt_middle_gives_views_or_a_clear_error(tmp_path):

@@ -78,3 +78,20 @@ def test_the_clips_take_every_swscale_path(tmp_path):
     assert chroma_shift(67, 34) == 1
     info = probe(_clip(tmp_path, "vp9-odd-both"))
     assert (info.width, info.height) == (65, 49)
+
+
+@pytest.mark.parametrize("dropped", [1, 2])
+def test_indices_on_packets_an_edit_list_drops_read_as_upstream_read_them(tmp_path, dropped):
+    """Upstream read each distinct index in increasing order on one ``VideoReader``."""
+    from helpers.media import drop_by_edit_list
+
+    clip = write_video(tmp_path / "full.mp4", [textured(96, 128, t) for t in range(30)],
+                       options={"bf": "2", "crf": "20"}, rate=30)
+    cut = drop_by_edit_list(clip, tmp_path / "cut.mp4", frames=dropped, rate=30)
+    assert len(decord.VideoReader(str(cut))) == probe(cut).num_frames == 30
+    for wanted in ([0, 10, 29], [5, 29 - dropped, 29], [3, 7, 12, 28, 29], range(30)):
+        reader = decord.VideoReader(str(cut))
+        upstream = {i: reader[i].asnumpy() for i in sorted(set(wanted))}
+        ours = dict(read_frames(cut, wanted))
+        assert sorted(ours) == sorted(upstream)
+        assert all(np.array_equal(ours[i], upstream[i]) for i in upstream), wanted
