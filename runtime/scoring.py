@@ -19,7 +19,7 @@ from cover_engine.runtime.results import FileScore, FileScorer, file_score
 from cover_engine.runtime.errors import CoverError
 from cover_engine.runtime.views.assemble import load_views
 
-__all__ = ["Scorer", "make_scorer", "make_backend", "ensure_cached_engines"]
+__all__ = ["Scorer", "make_scorer", "make_backend", "ensure_cached_engines", "cached_engine_dir"]
 
 
 class Scorer:
@@ -77,7 +77,9 @@ def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weig
     ``threads`` caps ONNX Runtime's CPU threads (one batch worker per core wants 1); torch
     follows ``OMP_NUM_THREADS``.
     """
-    backend = auto_backend(backend, engines=engines, device=device, config=config, log=log)
+    backend = auto_backend(backend, engines=engines, device=device, config=config, log=log,
+                           weights=weights, clip_weights=clip_weights,
+                           random_weights=random_weights, head=head)
     if torch_mode != "eager" and backend != "torch":
         raise CoverError(f"--torch-mode {torch_mode} applies to --backend torch, not {backend}")
     if backend == "torch":
@@ -104,14 +106,22 @@ def make_backend(backend: str = "auto", *, engines=None, weights=None, clip_weig
 
 
 def auto_backend(backend: str, *, engines=None, device: str = "cpu", config=None,
-                 log=print) -> str:
+                 log=print, weights=None, clip_weights=None, random_weights: bool = False,
+                 head=None) -> str:
     """``auto`` on a CPU without an engine folder: ``torch`` where a measured probe finds it the
     faster (``export.cpu_probe``, once per machine), else ``auto`` unchanged. Anything else --
-    another backend, a GPU, engines handed over, no torch installed -- is returned as given."""
+    another backend, a GPU, engines handed over, no torch installed -- is returned as given.
+
+    Missing weights fail here, before the probe's minute: either answer needs them (torch to
+    load, ONNX Runtime to export), unless the export is cached already."""
     if backend != "auto" or engines is not None or str(device) != "cpu":
         return backend
     if importlib.util.find_spec("torch") is None:
         return backend
+    if not random_weights and not (cached_engine_dir(
+            weights=weights, clip_weights=clip_weights, config=config,
+            head=head) / "manifest.json").is_file():
+        _require_weights(weights, clip_weights, config)
     from cover_engine.export.cpu_probe import cpu_backend
 
     return "torch" if cpu_backend(config, log=log) == "torch" else backend
@@ -128,25 +138,39 @@ def _tensorrt_usable(engine_dir: Path) -> bool:
     return bool(load_manifest(engine_dir).engines)
 
 
+def cached_engine_dir(*, weights=None, clip_weights=None, config=None,
+                      random_weights: bool = False, head=None) -> Path:
+    """Where the cached ONNX export for these settings (and head file) is or will be."""
+    from cover_engine.runtime.engines.cache import engine_cache_name
+    from cover_engine.runtime.engines.head import head_sha256
+    from cover_engine.runtime.fetch import checked_cache_dir
+
+    return checked_cache_dir() / "engines" / engine_cache_name(
+        weights=weights, clip_weights=clip_weights, config=config, random_weights=random_weights,
+        head_sha256=head_sha256(head) if head is not None else None)
+
+
+def _require_weights(weights, clip_weights, config) -> None:
+    """Both weight files, found and verified, or a WeightsError saying how to get them."""
+    from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
+    from cover_engine.runtime.fetch import resolve_weights
+
+    official = config is None
+    resolve_weights(COVER_WEIGHTS, weights, official=official)
+    resolve_weights(CLIP_WEIGHTS, clip_weights, official=official)
+
+
 def ensure_cached_engines(*, weights=None, clip_weights=None, config=None,
                           random_weights: bool = False, head=None, log=print) -> Path:
     """The cached ONNX export for these settings (and head file), exported now if missing."""
     from cover_engine.runtime.fetch import checked_cache_dir
-    from cover_engine.runtime.engines.cache import engine_cache_name
-    from cover_engine.runtime.engines.head import head_sha256
 
-    target = checked_cache_dir() / "engines" / engine_cache_name(
-        weights=weights, clip_weights=clip_weights, config=config, random_weights=random_weights,
-        head_sha256=head_sha256(head) if head is not None else None)
+    target = cached_engine_dir(weights=weights, clip_weights=clip_weights, config=config,
+                               random_weights=random_weights, head=head)
     if (target / "manifest.json").is_file():
         return target
     if not random_weights:  # fail on missing weights before announcing an export
-        from cover_engine.runtime.constants import CLIP_WEIGHTS, COVER_WEIGHTS
-        from cover_engine.runtime.fetch import resolve_weights
-
-        official = config is None
-        resolve_weights(COVER_WEIGHTS, weights, official=official)
-        resolve_weights(CLIP_WEIGHTS, clip_weights, official=official)
+        _require_weights(weights, clip_weights, config)
     checked_cache_dir(write=True)  # before minutes of export, not after
     log(f"cover-run: no engines given; exporting ONNX graphs once into {target} "
         "(needs torch and the weights)")

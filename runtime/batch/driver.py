@@ -87,8 +87,11 @@ def prepare_scorer_kwargs(scorer: dict[str, Any], log: Log,
     if gpus_per_worker and not str(kw.get("device", "cpu")).startswith("cuda"):
         kw["device"] = "cuda"
     device = kw.get("device", "cpu")
-    kw["backend"] = backend = auto_backend(kw.get("backend", "auto"), engines=kw.get("engines"),
-                                           device=device, config=kw.get("config"), log=log)
+    kw["backend"] = backend = auto_backend(
+        kw.get("backend", "auto"), engines=kw.get("engines"), device=device,
+        config=kw.get("config"), log=log, weights=kw.get("weights"),
+        clip_weights=kw.get("clip_weights"), random_weights=kw.get("random_weights", False),
+        head=kw.get("head"))
     if backend != "torch":
         from cover_engine.runtime.engines.manifest import load_manifest
 

@@ -8,6 +8,7 @@ import pytest
 from cover_engine.export import cpu_probe
 from cover_engine.export.config import ModelConfig
 from cover_engine.runtime import scoring
+from cover_engine.runtime.errors import WeightsError
 
 
 @pytest.fixture
@@ -66,12 +67,26 @@ def test_real_probe_times_both_backends_on_the_small_model(vectors_dir):
 
 def test_auto_backend_asks_only_for_auto_on_a_cpu_without_engines(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_probe, "cpu_backend", lambda config=None, log=print: "torch")
-    assert scoring.auto_backend("auto") == "torch"
+    assert scoring.auto_backend("auto", random_weights=True) == "torch"
     assert scoring.auto_backend("auto", engines=tmp_path) == "auto"      # engines handed over
     assert scoring.auto_backend("auto", device="cuda") == "auto"         # a GPU: TensorRT first
     assert scoring.auto_backend("onnxruntime") == "onnxruntime"          # asked for by name
     monkeypatch.setattr(cpu_probe, "cpu_backend", lambda config=None, log=print: "onnxruntime")
-    assert scoring.auto_backend("auto") == "auto"
+    assert scoring.auto_backend("auto", random_weights=True) == "auto"
+
+
+def test_missing_weights_fail_before_the_probe_runs(home, monkeypatch):
+    calls = []
+    monkeypatch.delenv("COVER_WEIGHTS", raising=False)
+    monkeypatch.setattr(cpu_probe, "cpu_backend",
+                        lambda config=None, log=print: calls.append(config) or "torch")
+    with pytest.raises(WeightsError, match="COVER.pth not found"):
+        scoring.make_scorer("auto", log=lambda msg: None)
+    assert calls == []                      # no minute of probing before the error
+    cached = scoring.cached_engine_dir()    # an export already there needs no weights
+    cached.mkdir(parents=True)
+    (cached / "manifest.json").write_text("{}")
+    assert scoring.auto_backend("auto") == "torch" and calls == [None]
 
 
 def test_a_cached_answer_needs_neither_torch_nor_onnxruntime(home):
