@@ -30,13 +30,11 @@ def run_floor(paths: list[str], workers: int, batch_size: int) -> int:
     import ray
     import ray.data
 
-    from cover_engine.runtime.batch.driver import connect_ray, stop_local_ray
+    from cover_engine.runtime.batch.driver import configure_ray_data, connect_ray, stop_local_ray
 
     started = connect_ray(ray, None, lambda msg: None)
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
+        configure_ray_data()
         blocks = -(-len(paths) // batch_size)
         ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
         rows = 0

@@ -25,7 +25,7 @@ from cover_engine.runtime.constants import DEFAULT_COLOUR
 from cover_engine.runtime.errors import CoverError
 
 __all__ = ["BatchSettings", "BatchSummary", "run_batch", "require_ray", "prepare_scorer_kwargs",
-           "connect_ray", "stop_local_ray"]
+           "connect_ray", "stop_local_ray", "configure_ray_data"]
 
 Log = Callable[[str], None]
 
@@ -138,14 +138,30 @@ def stop_local_ray(ray) -> None:
 
     Ray stops the raylet and the GCS first, then the autoscaler monitor, whose SIGTERM handler
     reports to the GCS that is already gone; Ray waits out its one-second grace for it on every
-    run (Ray 2.60: shutdown 1.35 s, 0.10 s with the monitor stopped first, BENCHMARKS.md). A
-    one-node Ray started for one run never autoscales, so its monitor is killed before the rest.
+    run (Ray 2.60: shutdown 1.35 s, 0.1 to 0.35 s with the monitor stopped first,
+    BENCHMARKS.md). A one-node Ray started for one run never autoscales, so its monitor is
+    killed before the rest.
     """
     node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
     for info in (getattr(node, "all_processes", None) or {}).get("monitor", ()):
         with contextlib.suppress(Exception):  # Ray's internals moved: only the stall comes back
             info.process.kill()
     ray.shutdown()
+
+
+def configure_ray_data() -> None:
+    """Ray Data's settings for a cover-batch run (``bench.ray_floor`` uses the same)."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # our bar, summary and error line
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    # A worker process that dies (a decoder crash on a hostile file, the kernel's OOM killer)
+    # fails the batches it held; by default Ray Data would retry them forever on new actors.
+    # Here the actor is replaced, its batches are left out, and their files are scored again
+    # one at a time, so the one file to blame becomes an error row and the rest score.
+    ctx.max_errored_blocks = -1
 
 
 def _nodes(ray, local: bool) -> list[Node]:
@@ -259,15 +275,7 @@ def _run_on_ray(ray, todo, store, kw, memory, source, settings, summary, progres
     log(f"cover-batch: {len(todo)} files on {workers} worker(s) ({cpus:g} CPU, {gpus:g} GPU, "
         f"{memory / GB:.1f} GB each)")
 
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # our bar, summary and error line
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    # A worker process that dies (a decoder crash on a hostile file, the kernel's OOM killer)
-    # fails the batches it held; by default Ray Data would retry them forever on new actors.
-    # Here the actor is replaced, its batches are left out, and their files are scored again
-    # one at a time below, so the one file to blame becomes an error row and the rest score.
-    ctx.max_errored_blocks = -1
+    configure_ray_data()
 
     bar = None
     if progress:
